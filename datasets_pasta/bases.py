@@ -53,7 +53,9 @@ class HealthyBase:
         label_names: label id -> organ name for ``organ_map``.
         base_id: stable name (file stem, or ``phantom-<seed>``).
         phase: contrast phase, one of ``plain`` / ``arterial`` / ``venous``.
-        noise_hu: the scan's noise level (HU standard deviation of its fine-scale texture).
+        noise_hu: the scan's noise level on this grid, as :func:`estimate_noise_hu` measures it.
+        noise_grain_mm: Gaussian sigma (mm) of the noise's spatial correlation ("grain"): about
+            half the voxel size the scan was reconstructed at; kept when resampling.
     """
 
     ct_hu: np.ndarray
@@ -63,6 +65,7 @@ class HealthyBase:
     base_id: str = "base"
     phase: str = "plain"
     noise_hu: float = 10.0
+    noise_grain_mm: float = 0.7
 
     def __post_init__(self) -> None:
         if self.ct_hu.shape != self.organ_map.shape:
@@ -216,6 +219,7 @@ def load_base(
         base_id=base_id or NIFTI_SUFFIX.sub("", Path(ct_path).name),
         phase=phase or estimate_phase(ct_hu, organ_map, names),
         noise_hu=estimate_noise_hu(ct_hu, organ_map, names),
+        noise_grain_mm=max(0.5, 0.5 * max(ct.spacing_mm)),
     )
 
 
@@ -228,12 +232,18 @@ def load_base_dir(directory: str | Path) -> list[HealthyBase]:
 
 
 def resample_base(base: HealthyBase, spacing_mm: float | tuple[float, float, float]) -> HealthyBase:
-    """The base on a grid of the given voxel size (mm): CT linear, organ map nearest."""
+    """The base on a grid of the given voxel size (mm): CT linear, organ map nearest.
+
+    Interpolation changes the voxel-level noise, so ``noise_hu`` is measured again on the new grid.
+    """
     ct, affine = resample_to_spacing(base.ct_hu, base.affine, spacing_mm, is_label=False)
     organs, _ = resample_to_spacing(base.organ_map, base.affine, spacing_mm, is_label=True)
     if ct.shape != organs.shape:  # both grids come from the same affine and shape; guard anyway
         raise BaseError(f"{base.base_id}: resampling gave CT {ct.shape} and organ map {organs.shape}")
-    return replace(base, ct_hu=ct, organ_map=organs, affine=affine)
+    if ct is base.ct_hu:
+        return base
+    return replace(base, ct_hu=ct, organ_map=organs, affine=affine,
+                   noise_hu=estimate_noise_hu(ct, organs, base.label_names))
 
 
 def augment_anatomy(
