@@ -53,9 +53,9 @@ class HealthyBase:
         label_names: label id -> organ name for ``organ_map``.
         base_id: stable name (file stem, or ``phantom-<seed>``).
         phase: contrast phase, one of ``plain`` / ``arterial`` / ``venous``.
-        noise_hu: the scan's noise level on this grid, as :func:`estimate_noise_hu` measures it.
-        noise_grain_mm: Gaussian sigma (mm) of the noise's spatial correlation ("grain"): about
-            half the voxel size the scan was reconstructed at; kept when resampling.
+        noise_hu: the scan's fine-scale noise level on this grid, as :func:`estimate_noise_hu`
+            measures it (lesion texture measures amplitude and grain itself, see
+            :mod:`datasets_pasta.lesions`).
     """
 
     ct_hu: np.ndarray
@@ -65,7 +65,6 @@ class HealthyBase:
     base_id: str = "base"
     phase: str = "plain"
     noise_hu: float = 10.0
-    noise_grain_mm: float = 0.7
 
     def __post_init__(self) -> None:
         if self.ct_hu.shape != self.organ_map.shape:
@@ -133,17 +132,18 @@ def estimate_phase(ct_hu: np.ndarray, organ_map: np.ndarray, label_names: Mappin
 def estimate_noise_hu(ct_hu: np.ndarray, organ_map: np.ndarray, label_names: Mapping[int, str]) -> float:
     """The scan's noise level: standard deviation of the high-pass residual inside solid organs.
 
-    Uses the eroded liver, spleen or kidneys (whichever are present), where anatomy is smooth so
-    the fine-scale residual is mostly noise; falls back to 10 HU.
+    Uses the liver and spleen eroded by two voxels (parenchyma without edges, where anatomy is
+    smooth so the fine-scale residual is mostly noise); falls back to 10 HU when they are absent.
+    The residual is CT minus a 1-voxel Gaussian blur; a 1-voxel Gaussian high-pass keeps about 0.95
+    of white noise's standard deviation, hence the division.
     """
     ids = name_to_id(label_names)
-    solid = [ids[n] for n in ("liver", "spleen", "kidney_left", "kidney_right") if n in ids]
-    mask = ndimage.binary_erosion(np.isin(organ_map, solid), iterations=1)
+    solid = [ids[n] for n in ("liver", "spleen") if n in ids]
+    mask = ndimage.binary_erosion(np.isin(organ_map, solid), iterations=2)
     if mask.sum() < 100:
         return 10.0
     ct = ct_hu.astype(np.float32)
     residual = ct - ndimage.gaussian_filter(ct, 1.0)
-    # A sigma-1-voxel Gaussian high-pass keeps about 0.95 of white noise's standard deviation.
     return float(np.clip(residual[mask].std() / 0.95, 2.0, 60.0))
 
 
@@ -219,7 +219,6 @@ def load_base(
         base_id=base_id or NIFTI_SUFFIX.sub("", Path(ct_path).name),
         phase=phase or estimate_phase(ct_hu, organ_map, names),
         noise_hu=estimate_noise_hu(ct_hu, organ_map, names),
-        noise_grain_mm=max(0.5, 0.5 * max(ct.spacing_mm)),
     )
 
 

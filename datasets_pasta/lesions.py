@@ -15,7 +15,8 @@ A lesion is made in two steps:
    spiculated, or a shell inside the organ boundary for wall thickening; clipped to the host
    organ (eroded for well-contained lesions), to perirenal/peripancreatic fat (label 0) for
    exophytic growth, and to neighbouring organs only when ``invasion`` is set. The intensity is
-   the lesion's HU field plus band-limited noise at the scan's own noise level, blended into
+   the lesion's HU field plus band-limited (Gaussian-filtered) noise with the scan's own noise
+   level and correlation (measured in a smooth organ of the base), blended into
    the CT with a weight that is 1 in the core and ramps down across the boundary over the
    margin's edge width (mm), so the boundary is not a step. The returned mask is where that
    weight is at least 0.5.
@@ -109,13 +110,20 @@ TYPE_MAX_RADIUS_MM: dict[str, float] = {
 #: Growth patterns a :class:`LesionSpec` can carry in ``params["growth"]``.
 GROWTH_PATTERNS = ("mass", "wall", "intraluminal", "stones", "bone")
 
-HOLLOW_ORGAN_TYPES = ("gallbladder_cancer", "bladder_cancer", "esophageal_cancer", "gastric_cancer", "colorectal_cancer")
+#: Cancers of hollow organs: wall thickening or a polypoid intraluminal mass, not a ball in the lumen.
+HOLLOW_ORGAN_TYPES = (
+    "gallbladder_cancer",
+    "bladder_cancer",
+    "esophageal_cancer",
+    "gastric_cancer",
+    "colorectal_cancer",
+)
 
-#: Soft-tissue HU of a solid tumour on a plain scan (lung cancer, hollow-organ cancers, lytic bone).
-_TUMOUR_PLAIN_HU = (32.0, 48.0)
-#: Contrast enhancement (HU added to the plain value) of a solid tumour by phase.
-_TUMOUR_ENHANCEMENT_HU = {"plain": (0.0, 0.0), "arterial": (15.0, 60.0), "venous": (15.0, 50.0)}
-#: Enhancement (HU) above which a tumour's enhancement is called "marked" rather than "mild".
+#: Soft-tissue HU of a solid tumor on a plain scan (lung cancer, hollow-organ cancers, lytic bone).
+_TUMOR_PLAIN_HU = (32.0, 48.0)
+#: Contrast enhancement (HU added to the plain value) of a solid tumor by phase.
+_TUMOR_ENHANCEMENT_HU = {"plain": (0.0, 0.0), "arterial": (15.0, 60.0), "venous": (15.0, 50.0)}
+#: Enhancement (HU) above which a tumor's enhancement is called "marked" rather than "mild".
 _MARKED_ENHANCEMENT_HU = 30.0
 #: Window (HU) in which organ voxels count as parenchyma for the organ's reference HU.
 _PARENCHYMA_WINDOW_HU = (-30.0, 350.0)
@@ -233,6 +241,72 @@ def _organ_reference_hu(base: HealthyBase, host: _Host) -> float:
     return float(np.median(window if window.size >= 10 else values))
 
 
+#: Solid organs whose interior shows the scan's noise texture (smooth anatomy), in order of preference.
+_TEXTURE_REFERENCE_ORGANS = ("liver", "spleen", "kidney_right", "kidney_left")
+#: Gaussian high-pass (voxels) used to isolate the noise texture from smooth anatomy.
+_TEXTURE_HIGHPASS_VOX = 2.0
+
+
+def _gaussian_overlap(a: float, b: float, d: float) -> float:
+    """Cross-correlation at distance ``d`` of two unit 3D Gaussians of widths ``a`` and ``b``."""
+    v = a * a + b * b
+    return float((2.0 * np.pi * v) ** -1.5 * np.exp(-d * d / (2.0 * v)))
+
+
+def _highpassed_noise_stats(sigma_vox: float) -> tuple[float, float]:
+    """Variance (per unit noise variance) and lag-1 correlation of Gaussian-correlated noise after the high-pass."""
+    s, t = sigma_vox, float(np.hypot(_TEXTURE_HIGHPASS_VOX, sigma_vox))
+
+    def cov(d: float) -> float:
+        return _gaussian_overlap(s, s, d) - 2.0 * _gaussian_overlap(s, t, d) + _gaussian_overlap(t, t, d)
+
+    return cov(0.0) / _gaussian_overlap(s, s, 0.0), cov(1.0) / cov(0.0)
+
+
+def _scan_texture(base: HealthyBase) -> tuple[float, float]:
+    """The scan's noise: standard deviation (HU) and Gaussian correlation width (mm).
+
+    Measured in the interior of a smooth solid organ after a Gaussian high-pass: the lag-1
+    autocorrelation gives the correlation width (a resampled scan has smoother noise than a
+    native one), the robust variance the amplitude. Without such an organ: ``base.noise_hu``
+    and a correlation of 0.6 voxel.
+    """
+    spacing = float(np.mean(base.spacing_mm))
+    fallback = (float(base.noise_hu), 0.6 * spacing)
+    by_name = name_to_id(base.label_names)
+    for organ in _TEXTURE_REFERENCE_ORGANS:
+        if organ not in by_name:
+            continue
+        organ_mask = base.organ_map == by_name[organ]
+        if organ_mask.sum() < 500:
+            continue
+        box = _bounding_box(organ_mask)
+        centre = [(b.start + b.stop) // 2 for b in box]
+        crop = tuple(slice(max(c - 24, b.start), min(c + 24, b.stop)) for c, b in zip(centre, box))
+        inner = ndimage.binary_erosion(organ_mask[crop], iterations=2)
+        if inner.sum() < 200:
+            continue
+        ct = base.ct_hu[crop].astype(np.float32)
+        residual = ct - ndimage.gaussian_filter(ct, _TEXTURE_HIGHPASS_VOX)
+        lag1 = []
+        for axis in range(3):
+            a, m = np.moveaxis(residual, axis, 0), np.moveaxis(inner, axis, 0)
+            both = m[:-1] & m[1:]
+            if both.sum() > 50:
+                lag1.append(np.corrcoef(a[:-1][both], a[1:][both])[0, 1])
+        values = residual[inner]
+        robust_std = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+        if not lag1 or not np.isfinite(robust_std):
+            continue
+        widths = np.linspace(0.3, 3.0, 55)
+        stats = np.array([_highpassed_noise_stats(w) for w in widths])
+        width = float(np.interp(np.mean(lag1), stats[:, 1], widths))
+        kept_variance = float(np.interp(width, widths, stats[:, 0]))
+        noise_hu = float(np.clip(robust_std / np.sqrt(kept_variance), 2.0, 60.0))
+        return noise_hu, width * spacing
+    return fallback
+
+
 def _choose_host_label(base: HealthyBase, group: str, rng: np.random.Generator) -> str:
     """A present label of the organ group, sampled with probability proportional to its voxel count."""
     by_name = name_to_id(base.label_names)
@@ -257,6 +331,7 @@ class _Context:
     rng: np.random.Generator
     host: _Host
     size_class: str | None
+    noise_hu: float
 
     def size(self, fit: float) -> tuple[str, float]:
         """Size class and mean radius (mm), the class shrunk while the organ cannot hold it.
@@ -278,7 +353,9 @@ class _Context:
         order = list(SIZE_CLASSES)
         while order.index(chosen) > 0 and SIZE_CLASSES[chosen][0] > cap:
             smaller = order[order.index(chosen) - 1]
-            logger.debug("%s: organ %s too small for %s lesions, using %s", self.lesion_type, self.host.label, chosen, smaller)
+            logger.debug(
+                "%s: organ %s too small for %s lesions, using %s", self.lesion_type, self.host.label, chosen, smaller
+            )
             chosen = smaller
         lo, hi = SIZE_CLASSES[chosen]
         lo, hi = min(lo, cap), min(hi, cap)
@@ -296,10 +373,16 @@ class _Context:
         p = np.array([options[n] for n in names], dtype=float)
         return names[int(self.rng.choice(len(names), p=p / p.sum()))]
 
-    def tumour_hu(self) -> tuple[float, float]:
-        """Absolute HU of a solid tumour in this phase and the enhancement (HU) it got."""
-        enhancement = self.uniform(*_TUMOUR_ENHANCEMENT_HU[self.phase]) if self.phase != "plain" else 0.0
-        return self.uniform(*_TUMOUR_PLAIN_HU) + enhancement, enhancement
+    def enhancement(self, enhancement_hu: float) -> str:
+        """The report's enhancement for a tumor that gained ``enhancement_hu`` with contrast."""
+        if self.phase == "plain":
+            return "none"
+        return "marked" if enhancement_hu >= _MARKED_ENHANCEMENT_HU else "mild"
+
+    def tumor_hu(self) -> tuple[float, float]:
+        """Absolute HU of a solid tumor in this phase and the enhancement (HU) it got."""
+        enhancement = self.uniform(*_TUMOR_ENHANCEMENT_HU[self.phase]) if self.phase != "plain" else 0.0
+        return self.uniform(*_TUMOR_PLAIN_HU) + enhancement, enhancement
 
 
 @dataclass
@@ -334,7 +417,9 @@ def _margin_params(ctx: _Context, margin: str, radius: float) -> dict[str, float
     if margin == "lobulated":
         params.update(edge_mm=ctx.uniform(1.5, 2.5), lobulation=ctx.uniform(0.2, 0.4), deform=ctx.uniform(0.05, 0.12))
     elif margin == "ill_defined":
-        params.update(edge_mm=ctx.uniform(3.5, 6.0), deform=ctx.uniform(0.1, 0.22), irregularity=ctx.uniform(0.08, 0.16))
+        params.update(
+            edge_mm=ctx.uniform(3.5, 6.0), deform=ctx.uniform(0.1, 0.22), irregularity=ctx.uniform(0.08, 0.16)
+        )
     elif margin == "spiculated":
         params.update(
             edge_mm=ctx.uniform(1.5, 2.5),
@@ -513,7 +598,7 @@ def _plan_parenchymal_cancer(ctx: _Context) -> _Plan:
         margin=margin,
         enhancement=enhancement,
         texture="solid",
-        density_variation=_variation(params, features, ctx.base.noise_hu),
+        density_variation=_variation(params, features, ctx.noise_hu),
         special_features=features,
     )
     if exophytic:
@@ -536,8 +621,8 @@ def _plan_hollow_cancer(ctx: _Context) -> _Plan:
     """Wall thickening (focal or circumferential, over a segment) or a polypoid intraluminal mass."""
     model = _HOLLOW_MODELS[ctx.lesion_type]
     wall = ctx.chance(float(model["wall_p"]))
-    hu, enhancement_hu = ctx.tumour_hu()
-    enhancement = "none" if ctx.phase == "plain" else ("marked" if enhancement_hu >= _MARKED_ENHANCEMENT_HU else "mild")
+    hu, enhancement_hu = ctx.tumor_hu()
+    enhancement = ctx.enhancement(enhancement_hu)
     invasion = ctx.chance(float(model["invasion_p"]))
     if wall:
         # The radius is the thickened segment's half-length, bounded by the organ's extent, not its depth.
@@ -595,7 +680,7 @@ def _plan_hollow_cancer(ctx: _Context) -> _Plan:
         margin=margin,
         enhancement=enhancement,
         texture="solid",
-        density_variation=_variation(params, features, ctx.base.noise_hu),
+        density_variation=_variation(params, features, ctx.noise_hu),
         special_features=features,
     )
     return _Plan(size_class, tuple(float(r) for r in radii), attrs, params, invasion, *plan_args)
@@ -607,19 +692,21 @@ def _plan_lung_cancer(ctx: _Context) -> _Plan:
     texture = ctx.pick({"solid": 0.6, "part_solid": 0.25, "ground_glass": 0.15})
     if texture == "ground_glass" and radius > 20.0:
         texture = "part_solid"
-    hu, enhancement_hu = ctx.tumour_hu()
+    hu, enhancement_hu = ctx.tumor_hu()
     features: list[str] = []
     params: dict[str, float | str] = {"growth": "mass"}
     if texture == "ground_glass":
         margin = ctx.pick({"ill_defined": 0.6, "well_defined": 0.4})
         params.update(_margin_params(ctx, margin, radius))
-        params.update(hu=ctx.uniform(-650.0, -400.0), hetero_hu=ctx.uniform(30.0, 60.0), hetero_mm=ctx.uniform(1.5, 3.0))
+        params.update(
+            hu=ctx.uniform(-650.0, -400.0), hetero_hu=ctx.uniform(30.0, 60.0), hetero_mm=ctx.uniform(1.5, 3.0)
+        )
         enhancement = "none"
     else:
         margin = ctx.pick({"spiculated": 0.45, "lobulated": 0.3, "ill_defined": 0.1, "well_defined": 0.15})
         params.update(_margin_params(ctx, margin, radius))
         params.update(hu=hu, hetero_hu=ctx.uniform(5.0, 12.0), hetero_mm=ctx.uniform(2.0, 5.0))
-        enhancement = "none" if ctx.phase == "plain" else ("marked" if enhancement_hu >= _MARKED_ENHANCEMENT_HU else "mild")
+        enhancement = ctx.enhancement(enhancement_hu)
         if texture == "part_solid":
             # A ground-glass halo around an irregular solid core.
             params.update(core_frac=ctx.uniform(0.35, 0.7), core_hu=hu, hu=ctx.uniform(-600.0, -350.0))
@@ -644,7 +731,7 @@ def _plan_lung_cancer(ctx: _Context) -> _Plan:
         margin=margin,
         enhancement=enhancement,
         texture=texture,
-        density_variation=_variation(params, features, ctx.base.noise_hu),
+        density_variation=_variation(params, features, ctx.noise_hu),
         special_features=features,
     )
     return _Plan(size_class, radii, attrs, params, invasion, "depth", min(radius, 0.8 * ctx.host.max_depth_mm))
@@ -655,14 +742,14 @@ def _plan_bone_metastasis(ctx: _Context) -> _Plan:
     size_class, radius = ctx.size(fit=1.0)
     lytic = ctx.chance(0.6)
     features = ["lytic" if lytic else "blastic"]
-    margin = ctx.pick({"ill_defined": 0.5, "well_defined": 0.5}) if lytic else ctx.pick({"ill_defined": 0.6, "well_defined": 0.4})
+    margin = ctx.pick({"ill_defined": 0.5 if lytic else 0.6, "well_defined": 0.5 if lytic else 0.4})
     params: dict[str, float | str] = {"growth": "bone"}
     params.update(_margin_params(ctx, margin, radius))
     invasion = False
     if lytic:
-        hu, enhancement_hu = ctx.tumour_hu()
+        hu, enhancement_hu = ctx.tumor_hu()
         hu -= ctx.uniform(0.0, 15.0)
-        enhancement = "none" if ctx.phase == "plain" else ("marked" if enhancement_hu >= _MARKED_ENHANCEMENT_HU else "mild")
+        enhancement = ctx.enhancement(enhancement_hu)
         params.update(hu=hu, hetero_hu=ctx.uniform(4.0, 10.0), hetero_mm=ctx.uniform(2.0, 4.0))
         if size_class != "tiny" and ctx.chance(0.35):
             features.append("cortical_breach")
@@ -670,7 +757,9 @@ def _plan_bone_metastasis(ctx: _Context) -> _Plan:
             params["invasion_mm"] = ctx.uniform(3.0, 7.0)
         texture = "solid"
     else:
-        params.update(hu=ctx.uniform(600.0, 1200.0), hetero_hu=ctx.uniform(80.0, 180.0), hetero_mm=ctx.uniform(1.5, 3.0))
+        params.update(
+            hu=ctx.uniform(600.0, 1200.0), hetero_hu=ctx.uniform(80.0, 180.0), hetero_mm=ctx.uniform(1.5, 3.0)
+        )
         enhancement = "none"
         texture = "calcified"
     params.update(erode_mm=0.0 if invasion else float(ctx.host.spacing_mm.min()), bulge_mm=0.0)
@@ -680,7 +769,7 @@ def _plan_bone_metastasis(ctx: _Context) -> _Plan:
         margin=margin,
         enhancement=enhancement,
         texture=texture,
-        density_variation=_variation(params, features, ctx.base.noise_hu),
+        density_variation=_variation(params, features, ctx.noise_hu),
         special_features=features,
     )
     return _Plan(size_class, radii, attrs, params, invasion, "body", min(0.8 * radius, 0.8 * ctx.host.max_depth_mm))
@@ -768,7 +857,10 @@ def _medial_axis(host: _Host) -> np.ndarray:
 
 
 def _renal_sinus_side(host: _Host) -> np.ndarray:
-    """Kidney voxels bordering the renal sinus (the hilar concavity), where calculi sit; the central kidney if no sinus."""
+    """Kidney voxels bordering the renal sinus (the hilar concavity), where calculi sit.
+
+    The sinus is what a closing of the kidney adds; without one, the kidney's central part.
+    """
     cell = float(host.coarse_spacing_mm.min())
     k = max(1, int(np.ceil(10.0 / cell)))
     padded = np.pad(host.mask, k)
@@ -817,7 +909,8 @@ def sample_lesion_spec(
     base.require_organ(group)
     label = _choose_host_label(base, group, rng)
     host = _host_geometry(base, label)
-    ctx = _Context(base, lesion_type, phase, rng, host, size_class)
+    noise_hu, noise_sigma_mm = _scan_texture(base)
+    ctx = _Context(base, lesion_type, phase, rng, host, size_class, noise_hu)
     plan = _PLANNERS[lesion_type](ctx)
     cand = _candidates(base, host, plan, occupied)
     idx = np.argwhere(cand)
@@ -834,6 +927,7 @@ def sample_lesion_spec(
         need = 1.3 * float(host.depth_mm[tuple(pick)]) + float(host.coarse_spacing_mm.max())
         radii = radii * max(1.0, need / radii.min())
     params = {k: (v if isinstance(v, str) else float(v)) for k, v in plan.params.items()}
+    params.update(noise_hu=noise_hu, noise_sigma_mm=noise_sigma_mm)
     spec = LesionSpec(
         lesion_type=lesion_type,
         organ_label=label,
@@ -904,7 +998,11 @@ def _deformed_ellipsoid(
     rho = np.sqrt((q**2).sum(axis=-1))
     u = q / np.maximum(rho, 1e-6)[..., None]
     x, y, z = u[..., 0], u[..., 1], u[..., 2]
-    basis = (x, y, z, x * y, y * z, x * z, x * x - y * y, 2 * z * z - x * x - y * y, x * y * z, x * x * x, y * y * y, z * z * z)
+    basis = (
+        x, y, z,
+        x * y, y * z, x * z, x * x - y * y, 2 * z * z - x * x - y * y,
+        x * y * z, x * x * x, y * y * y, z * z * z,
+    )
     coeffs = rng.normal(0.0, float(params.get("deform", 0.0)), size=len(basis))
     surface = np.ones_like(rho)
     for c, b in zip(coeffs, basis):
@@ -1067,7 +1165,11 @@ def _signed_distance_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
 
 def _intensity(spec: LesionSpec, lesion: np.ndarray, rho_n: np.ndarray, depth_lesion_mm: np.ndarray,
                base: HealthyBase, spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The lesion's HU field over the crop: target HU, heterogeneity, necrosis, core, cavity, rim, calcifications, noise."""
+    """The lesion's HU field over the crop.
+
+    Target HU, heterogeneity, then the parts that replace it (solid core, necrosis, cavity, rim,
+    calcifications), then the scan's noise texture.
+    """
     p = spec.params
     shape = lesion.shape
     hu = np.full(shape, float(p["hu"]), dtype=np.float32)
@@ -1099,7 +1201,9 @@ def _intensity(spec: LesionSpec, lesion: np.ndarray, rho_n: np.ndarray, depth_le
             r_mm = float(rng.uniform(1.0, 3.0))
             d2 = sum(((grid[i] - c[i]) * spacing[i]) ** 2 for i in range(3))
             hu = np.where(d2 <= max(r_mm, 0.5 * float(spacing.min())) ** 2, float(p["calcification_hu"]), hu)
-    hu += base.noise_hu * _smooth_noise(shape, np.full(3, 0.6), rng)
+    # The scan's own noise texture (amplitude and correlation measured by _scan_texture).
+    noise_hu = float(p.get("noise_hu", base.noise_hu))
+    hu += noise_hu * _smooth_noise(shape, float(p.get("noise_sigma_mm", 0.6 * float(spacing.mean()))) / spacing, rng)
     return hu
 
 
@@ -1263,7 +1367,9 @@ def synthesize_lesion(
         except BaseError as err:  # placement failures only: the organ was checked above
             logger.debug("attempt %d for %s failed: %s", attempt + 1, lesion_type, err)
             last_error = err
-    raise BaseError(f"could not place a {lesion_type} in base {base.base_id!r} after {max_attempts} attempts: {last_error}")
+    raise BaseError(
+        f"could not place a {lesion_type} in base {base.base_id!r} after {max_attempts} attempts: {last_error}"
+    )
 
 
 __all__ = [

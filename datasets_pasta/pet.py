@@ -11,9 +11,11 @@ end to end without real PET data. The model is deliberately simple and physiolog
   soft-tissue uptake, air outside the body none;
 - malignant lesions are avid (SUVmax 4-15, heterogeneous, sometimes with a photopenic
   necrotic centre), benign ones low (cysts photopenic, stones without uptake);
-- the activity is blurred by the scanner's point-spread function (Gaussian, ~5-7 mm FWHM,
-  converted to voxels with the grid spacing) and gets count-dependent (Poisson-like), spatially
-  correlated noise. The result is non-negative float32 SUV.
+- the activity is averaged onto a PET grid of about :data:`PET_VOXEL_MM` (a whole multiple of
+  the CT voxel), blurred by the scanner's point-spread function (Gaussian, ~5-7 mm FWHM,
+  converted to voxels with the grid spacing), gets count-dependent (Poisson-like), spatially
+  correlated noise, and is interpolated back to the CT grid. The result is non-negative
+  float32 SUV.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ _ORGAN_VARIATION = {"colon": 0.3, "small_bowel": 0.25, "stomach": 0.2, "duodenum
 NOISE_COV_AT_SUV1 = (0.08, 0.15)
 #: Range of the point-spread function's FWHM (mm).
 PSF_FWHM_MM = (5.0, 7.0)
+#: The PET is simulated on a grid of about this voxel size (a whole multiple of the CT's) and
+#: interpolated back to the CT grid, as PET reconstructions are coarser than CT.
+PET_VOXEL_MM = 3.0
 
 
 def organ_suv_range(name: str) -> tuple[float, float]:
@@ -158,44 +163,71 @@ def simulate_pet(
     ids = np.unique(lesion_mask)
     ids = ids[ids != 0]
     if len(ids) and int(ids.max()) > len(lesion_types):
-        raise ValueError(f"lesion mask holds id {int(ids.max())} but only {len(lesion_types)} lesion type(s) were given")
+        raise ValueError(
+            f"lesion mask holds id {int(ids.max())} but only {len(lesion_types)} lesion type(s) were given"
+        )
 
     shape = organ_map.shape
-    body = _body_mask(organ_map, spacing)
-    suv = np.where(body, np.float32(rng.uniform(*BACKGROUND_SUV)), np.float32(0.0)).astype(np.float32)
-    suv *= np.clip(1.0 + 0.1 * _smooth_unit_noise(shape, 20.0 / spacing, rng), 0.5, 1.5)
+    factor = np.maximum(1, np.floor(PET_VOXEL_MM / spacing + 1e-6).astype(int))
+    pet_spacing = spacing * factor
 
-    # Organ uptake: one SUV per label and scan, smooth variation inside each organ.
+    # Tracer distribution on the CT grid: one SUV per organ label and scan, background in the
+    # body, none outside it, lesions on top.
     lookup = np.zeros(256, dtype=np.float32)
     variation = np.zeros(256, dtype=np.float32)
-    present = np.unique(organ_map)
-    for label in present:
+    for label in np.unique(organ_map):
         if label == 0:
             continue
         name = label_names.get(int(label), "")
         lookup[label] = rng.uniform(*organ_suv_range(name))
         variation[label] = next((v for k, v in _ORGAN_VARIATION.items() if name.startswith(k)), 0.08)
-    labelled = organ_map > 0
-    organ_suv = lookup[organ_map] * (1.0 + variation[organ_map] * _smooth_unit_noise(shape, 8.0 / spacing, rng))
-    suv[labelled] = np.maximum(organ_suv[labelled], 0.0)
-
-    boxes = ndimage.find_objects(lesion_mask.astype(np.int32))
-    for k, box in enumerate(boxes, start=1):
+    activity = lookup[organ_map]
+    spread = variation[organ_map]
+    background = (organ_map == 0) & _body_mask(organ_map, spacing)
+    activity[background] = rng.uniform(*BACKGROUND_SUV)
+    spread[background] = 0.1
+    for k, box in enumerate(ndimage.find_objects(lesion_mask.astype(np.int32)), start=1):
         if box is None:
             continue
         lesion = lesion_mask[box] == k
-        uptake = _lesion_uptake(lesion, lesion_types[k - 1], spacing, rng)
-        region = suv[box]
-        region[lesion] = uptake[lesion]
+        activity[box][lesion] = _lesion_uptake(lesion, lesion_types[k - 1], spacing, rng)[lesion]
+        spread[box][lesion] = 0.0
 
+    # On the PET grid (~PET_VOXEL_MM): voxel averaging, smooth intra-organ variation, the
+    # point-spread function, count noise; then interpolated back to the CT grid.
+    pet = _block_mean(activity, factor)
+    pet *= np.clip(1.0 + _block_mean(spread, factor) * _smooth_unit_noise(pet.shape, 8.0 / pet_spacing, rng), 0.3, 2.0)
     fwhm = rng.uniform(*PSF_FWHM_MM)
-    sigma_vox = fwhm / FWHM_PER_SIGMA / spacing
-    suv = ndimage.gaussian_filter(suv, sigma_vox)
+    sigma_vox = fwhm / FWHM_PER_SIGMA / pet_spacing
+    pet = ndimage.gaussian_filter(pet, sigma_vox)
     cov = rng.uniform(*NOISE_COV_AT_SUV1)
-    noise = _smooth_unit_noise(shape, 0.5 * sigma_vox, rng)
-    suv = suv + cov * np.sqrt(np.maximum(suv, 0.0)) * noise
-    logger.debug("PET: PSF FWHM %.1f mm, noise CoV %.2f at SUV 1", fwhm, cov)
-    return np.maximum(suv, 0.0).astype(np.float32)
+    pet = pet + cov * np.sqrt(np.maximum(pet, 0.0)) * _smooth_unit_noise(pet.shape, 0.5 * sigma_vox, rng)
+    logger.debug("PET: %s mm voxels, PSF FWHM %.1f mm, noise CoV %.2f at SUV 1", pet_spacing, fwhm, cov)
+    return np.maximum(_upsample_linear(pet, factor, shape), 0.0).astype(np.float32)
+
+
+def _block_mean(volume: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """Mean over blocks of ``factor`` voxels (the last, partial block padded with edge values)."""
+    if np.all(factor == 1):
+        return volume.astype(np.float32)
+    padded_shape = -(-np.array(volume.shape) // factor) * factor
+    padded = np.pad(volume, [(0, int(p - n)) for p, n in zip(padded_shape, volume.shape)], mode="edge")
+    blocks = padded.reshape([d for n, f in zip(padded_shape, factor) for d in (n // f, f)])
+    return blocks.mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def _upsample_linear(coarse: np.ndarray, factor: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Linear interpolation of a block-averaged grid back to the fine grid (block centres as samples)."""
+    out = coarse
+    for axis, (f, n) in enumerate(zip(factor, shape)):
+        if f == 1:
+            continue
+        pos = np.clip((np.arange(n) + 0.5) / f - 0.5, 0.0, out.shape[axis] - 1)
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, out.shape[axis] - 1)
+        w = (pos - lo).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(out.ndim)])
+        out = np.take(out, lo, axis=axis) * (1.0 - w) + np.take(out, hi, axis=axis) * w
+    return out
 
 
 __all__ = ["BACKGROUND_SUV", "MALIGNANT_SUVMAX", "ORGAN_SUV", "PSF_FWHM_MM", "organ_suv_range", "simulate_pet"]

@@ -72,7 +72,7 @@ TISSUE_HU: dict[str, tuple[float, float, float, float]] = {
     "cartilage": (120.0, 120.0, 120.0, 15.0),
 }
 TISSUE: dict[str, int] = {name: i for i, name in enumerate(TISSUE_HU)}
-#: Medium-scale (~4 mm) mottling amplitude (HU) of tissues whose texture is not smooth.
+#: Medium-scale (~6 mm) mottling amplitude (HU) of tissues whose texture is not smooth.
 _MOTTLE_HU = {"stool": 110.0, "cancellous_bone": 45.0, "cortical_bone": 60.0}
 
 PSF_SIGMA_MM = 0.7  # scanner point spread (Gaussian sigma): softens boundaries, correlates noise
@@ -135,7 +135,9 @@ def _frame(u: Sequence[float], hint: Sequence[float] = (0.0, 0.0, 1.0)) -> np.nd
     return np.stack([u, v, np.cross(u, v)])
 
 
-def _smooth_path(points: Sequence[Sequence[float]], radii: Sequence[float], step_mm: float) -> tuple[np.ndarray, np.ndarray]:
+def _smooth_path(
+    points: Sequence[Sequence[float]], radii: Sequence[float], step_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
     """A cubic spline through control points (chord-length parameter), sampled every ``step_mm``."""
     pts = np.asarray(points, dtype=float)
     rad = np.asarray(radii, dtype=float)
@@ -223,6 +225,7 @@ class _PhantomBuilder:
         )
 
     def full(self) -> _Region:
+        """The whole grid as a region."""
         return self.region([-np.inf] * 3, [np.inf] * 3)  # type: ignore[return-value]
 
     def paint(
@@ -295,6 +298,7 @@ class _PhantomBuilder:
         warp: float = 0.0,
         **paint_kw,
     ) -> None:
+        """A solid tube along a smooth path through ``points`` (radii in mm at each point)."""
         if len(points) > 2:
             pts, rad = _smooth_path(points, radii, self._step(step_mm))
         else:
@@ -369,13 +373,16 @@ class _PhantomBuilder:
         raise KeyError(name)
 
     def spine_y(self, z: np.ndarray | float) -> np.ndarray:
+        """Vertebral body centre (y, mm) at heights z."""
         return np.interp(z, _SPINE_Y[:, 0], _SPINE_Y[:, 1]).astype(np.float32)
 
     def spine_rx_ry(self, z: float) -> tuple[float, float]:
+        """Half-width and half-depth (mm) of the vertebral body at height z."""
         for _, lo, hi, rx, ry, _ in self.vertebrae:
             if lo <= z <= hi:
                 return rx, ry
-        return (self.vertebrae[0][3:5]) if z > self.vertebrae[0][2] else (25.0, 18.0)
+        top = self.vertebrae[0]
+        return (top[3], top[4]) if z > top[2] else (25.0, 18.0)
 
     def front_of_spine(self, z: float, gap: float) -> float:
         """y of a point ``gap`` mm anterior to the vertebral body at height z."""
@@ -400,14 +407,16 @@ class _PhantomBuilder:
             ax, ant, post = ax + f * tl, ant + f * ta, post + f * tp
         return ax, ant, post
 
-    def layer_mask(self, reg: _Region, inset: str, grow_mm: float = 0.0) -> np.ndarray:
-        ax, ant, post = self.cross_section(reg.z, inset)
-        ay = np.where(reg.y > 0, ant + grow_mm, post + grow_mm)
-        return (np.abs(reg.x) / (ax + grow_mm)) ** _SUPERELLIPSE + (np.abs(reg.y) / ay) ** _SUPERELLIPSE < 1.0
+    def layer_mask(self, reg: _Region, layer: str) -> np.ndarray:
+        """Inside a layer's outer boundary (superellipse cross-sections)."""
+        ax, ant, post = self.cross_section(reg.z, layer)
+        ay = np.where(reg.y > 0, ant, post)
+        return (np.abs(reg.x) / ax) ** _SUPERELLIPSE + (np.abs(reg.y) / ay) ** _SUPERELLIPSE < 1.0
 
-    def wall_point(self, z: float, phi: float, side: int, inset: str, grow_mm: float = 0.0) -> np.ndarray:
-        """Point of a body layer at height z and angle phi (0 posterior, pi anterior) on one side."""
-        ax, ant, post = (float(v[0]) + grow_mm for v in self.cross_section(np.array([z]), inset))
+    def wall_point(self, z: float, phi: float, side: int, layer: str, grow_mm: float = 0.0) -> np.ndarray:
+        """Point of a layer's boundary (grown by ``grow_mm``) at height z and angle phi (0 posterior,
+        pi anterior) on one side (+1 patient's right)."""
+        ax, ant, post = (float(v[0]) + grow_mm for v in self.cross_section(np.array([z]), layer))
         s, c = math.sin(phi), math.cos(phi)
         ay = post if c > 0 else ant
         r = 1.0 / ((abs(s) / ax) ** _SUPERELLIPSE + (abs(c) / ay) ** _SUPERELLIPSE) ** (1.0 / _SUPERELLIPSE)
@@ -434,15 +443,18 @@ class _PhantomBuilder:
         self.paint(reg, self.body, 0, TISSUE["fat"])
         self.paint(reg, self.layer_mask(reg, "muscle"), 0, TISSUE["muscle"])
         self.cavity = self.layer_mask(reg, "cavity")
-        # The spine and its muscles bulge into the cavity from behind (paravertebral gutters).
+        # The spine bulges into the cavity from behind; in the abdomen the quadratus lumborum and
+        # crura widen that bulge (the lungs reach the rib heads, the viscera stay off the spine).
         centres = [(lo + hi) / 2 for _, lo, hi, *_ in self.vertebrae][::-1]
-        half_widths = [rx + 18.0 for *_, rx, _, _ in self.vertebrae][::-1]
+        half_widths = [rx + (4.0 if lo > 10.0 else 18.0) for _, lo, _, rx, *_ in self.vertebrae][::-1]
         spine_block = (reg.y < self.spine_y(reg.z)) & (np.abs(reg.x) < np.interp(reg.z, centres, half_widths))
+        spine_block &= reg.z > self.sacrum_top
         self.cavity &= ~spine_block
         self.paint(reg, self.cavity, 0, TISSUE["fat"])
-        # Diaphragm: a muscle sheet ~5 mm thick under the lungs.
+        # Diaphragm: a muscle sheet ~5 mm thick under the lungs; abdominal organs stay below it.
         d = self.diaphragm(reg.x, reg.y)
         self.paint(reg, (reg.z < d) & (reg.z > d - 5.0), 0, TISSUE["muscle"], inside=self.cavity)
+        self.abdominal = self.cavity & (reg.z < d - 4.0)
 
     def lungs(self) -> None:
         """Five lobes above the diaphragm, split by the oblique and horizontal fissures."""
@@ -486,7 +498,6 @@ class _PhantomBuilder:
         c = self._jit((-22.0, 30.0, 70.0), 5)
         semi = self._size((62.0, 46.0, 40.0), 0.08)
         axes = _frame((-0.55, 0.5, -0.65), hint=(0.0, 1.0, 0.3))
-        self.heart_center = c
         got = self.ellipsoid(c, semi + 6.0, axes)
         if got is not None:
             r, f = got
@@ -500,11 +511,12 @@ class _PhantomBuilder:
             if inner is not None:
                 ri, fi = inner
                 self.paint(ri, fi < 1, None, TISSUE["heart_blood"], only=[LABEL["heart"]])
-        # Posterior mediastinum around the descending aorta and the esophagus.
         self.paint_esophagus()
 
     def esophagus_path(self) -> tuple[list[np.ndarray], list[float]]:
-        ys = lambda z, g: self.front_of_spine(z, g)  # noqa: E731
+        """Control points and radii (mm): prevertebral from the neck, behind the trachea and the
+        left atrium, then left-anterior through the hiatus to the cardia."""
+        ys = self.front_of_spine
         pts = [
             (-3.0, ys(250, 9), 250.0),
             (-5.0, ys(200, 9), 200.0),
@@ -519,17 +531,16 @@ class _PhantomBuilder:
         return [np.asarray(p) + j for p, j in zip(pts, jitter)], [10.0] * 7 + [11.0]
 
     def paint_esophagus(self) -> None:
-        """A muscular tube ~20 mm wide with a collapsed lumen holding a little air."""
+        """A muscular tube ~20 mm wide in posterior mediastinal fat, its collapsed lumen holding a
+        little air."""
         pts, rad = self.esophagus_path()
         self.tube(pts, [r + 4.0 for r in rad], 0, TISSUE["fat"], inside=self.cavity, keep=[LABEL["heart"]])
-        self.hollow(
-            pts, rad, LABEL["esophagus"], wall_mm=7.0, wall=TISSUE["bowel_wall"], lumen=TISSUE["air"], inside=self.cavity
-        )
+        self.hollow(pts, rad, LABEL["esophagus"], wall_mm=7.0, wall=TISSUE["bowel_wall"], lumen=TISSUE["air"],
+                    inside=self.cavity)
 
     def abdomen(self) -> None:
         """Solid and hollow abdominal and pelvic organs, in an order that settles their contacts."""
-        below = lambda r, gap=4.0: r.z < self.diaphragm(r.x, r.y) - gap  # noqa: E731
-        cav = self.cavity
+        cav = self.abdominal
 
         # Liver: a large right lobe and a tapering left lobe (soft union) under the right dome; the
         # inferior surface slopes from the right flank (low, posterior lower) up to the left lobe.
@@ -539,7 +550,7 @@ class _PhantomBuilder:
 
         def liver_mask(reg: _Region, f: np.ndarray) -> np.ndarray:
             inferior = tip + 0.55 * (125.0 - reg.x) + 0.25 * (reg.y + 40.0) + 6.0 * self.shape_field[reg.sl]
-            return (f < 1) & below(reg) & (reg.z > inferior)
+            return (f < 1) & (reg.z > inferior)
 
         if right is not None:
             reg, f1 = right
@@ -560,7 +571,7 @@ class _PhantomBuilder:
         got = self.ellipsoid(c, self._size((60.0, 28.0, 40.0)), axes, warp=0.1)
         if got is not None:
             reg, f = got
-            self.paint(reg, (f < 1) & below(reg), LABEL["spleen"], TISSUE["spleen"], inside=cav)
+            self.paint(reg, f < 1, LABEL["spleen"], TISSUE["spleen"], inside=cav)
             hilum = self.ellipsoid(c + 24.0 * axes[1], (14.0, 14.0, 14.0))
             if hilum is not None:
                 rh, fh = hilum
@@ -572,16 +583,10 @@ class _PhantomBuilder:
             for p in ((-48, -8, 24), (-52, 20, 0), (-38, 55, -22), (-8, 66, -48), (14, 60, -48), (28, 50, -42))
         ]
         radii = self._size((30.0, 30.0, 22.0, 17.0, 14.0, 10.0), 0.1)
-        self.stomach_path = stomach
-        reg_mask = self.region((-100, -60, -90), (60, 110, 70))
-        if reg_mask is not None:
-            not_thorax = below(reg_mask)
-            allowed = np.zeros(self.shape, bool)
-            allowed[reg_mask.sl] = np.broadcast_to(not_thorax, reg_mask.shape) & cav[reg_mask.sl]
-            self.hollow(
-                stomach, radii, LABEL["stomach"], wall_mm=5.0, wall=TISSUE["bowel_wall"],
-                lumen=TISSUE["gastric_fluid"], air_level_y=float(self.rng.uniform(20, 45)), warp=0.06, inside=allowed,
-            )
+        self.hollow(
+            stomach, radii, LABEL["stomach"], wall_mm=5.0, wall=TISSUE["bowel_wall"], lumen=TISSUE["gastric_fluid"],
+            air_level_y=float(self.rng.uniform(20, 45)), warp=0.06, inside=cav,
+        )
 
         # Small bowel: a serpentine of loops filling the mid and lower abdomen.
         self.small_bowel()
@@ -645,6 +650,8 @@ class _PhantomBuilder:
                 self.paint(ri, fi < 1, None, TISSUE["urine"], only=[LABEL["urinary_bladder"]])
 
     def small_bowel(self) -> None:
+        """Jejunum and ileum: a serpentine of loops (rows along x, stacked in y and z) from the
+        duodenojejunal flexure to the cecum."""
         layers = np.array([-84.0, -106.0, -128.0, -150.0]) + self.rng.uniform(-4, 4, size=4)
         rows = [72.0, 48.0, 24.0]
         pts: list[tuple[float, float, float]] = [(-38.0, 40.0, -60.0)]
@@ -661,11 +668,12 @@ class _PhantomBuilder:
         radii[len(pts) // 2 :] = 11.0
         self.hollow(
             pts, radii, LABEL["small_bowel"], wall_mm=2.5, wall=TISSUE["bowel_wall"],
-            lumen=TISSUE["bowel_fluid"], air_above=0.75, step_mm=6.0, warp=0.1, inside=self.cavity,
+            lumen=TISSUE["bowel_fluid"], air_above=0.75, step_mm=6.0, warp=0.1, inside=self.abdominal,
         )
 
     def kidneys(self) -> None:
         """Bean-shaped kidneys, left higher; cortex, medullary pyramids, sinus fat at the hilum."""
+        self.kidney_centers: dict[str, np.ndarray] = {}
         for side, name, c in ((1, "kidney_right", (72.0, -40.0, -55.0)), (-1, "kidney_left", (-66.0, -38.0, -45.0))):
             c = self._jit(c, 4)
             u = _unit((-0.25 * side, -0.2, 1.0))  # upper pole medial and posterior
@@ -682,7 +690,7 @@ class _PhantomBuilder:
             # Medulla: pyramids inside the cortex, separated by columns of cortex along the long axis.
             pyramids = (rho < 0.72) & (np.abs(np.sin(np.pi * 2.5 * along)) > 0.3)
             tissue = np.where(pyramids, TISSUE["kidney_medulla"], TISSUE["kidney_cortex"]).astype(np.uint8)
-            self.paint(reg, f < 1, LABEL[name], tissue, inside=self.cavity)
+            self.paint(reg, f < 1, LABEL[name], tissue, inside=self.abdominal)
             sinus = self.ellipsoid(c + 0.65 * semi[1] * axes[1], (25.0, 12.0, 9.0), axes)
             if sinus is not None:
                 rs, fs = sinus
@@ -690,8 +698,8 @@ class _PhantomBuilder:
             pelvis = self.ellipsoid(c + 0.75 * semi[1] * axes[1], (12.0, 7.0, 6.0), axes)
             if pelvis is not None:
                 rp, fp = pelvis
-                self.paint(rp, fp < 1, 0, TISSUE["urine"], inside=self.cavity)
-            setattr(self, f"{name}_center", c)
+                self.paint(rp, fp < 1, 0, TISSUE["urine"], inside=self.abdominal)
+            self.kidney_centers[name] = c
 
     def vessels(self) -> None:
         """Aorta and branches, vena cavae, portal/splenic/superior mesenteric veins, iliac vessels."""
@@ -733,15 +741,14 @@ class _PhantomBuilder:
                   inside=cav, keep=[LABEL["aorta"]])
         # Iliac vessels from the aortic bifurcation (L4) and the IVC confluence (L5).
         bif = aorta[-1]
-        for side, art, vein in ((1, "iliac_artery_right", "iliac_vena_right"), (-1, "iliac_artery_left", "iliac_vena_left")):
-            self.tube(
-                [bif, (30 * side, fs(-125, 10), -125), (40 * side, 10, -165), (52 * side, 32, -205), (58 * side, 42, -255)],
-                [9, 7, 6.5, 6, 6], LABEL[art], TISSUE["artery_blood"], inside=cav,
-            )
-            self.tube(
-                [ivc[0], (30 * side, fs(-145, 4), -145), (34 * side, -2, -170), (44 * side, 24, -205), (48 * side, 36, -255)],
-                [9, 8, 8, 8, 8], LABEL[vein], TISSUE["vein_blood"], inside=cav, keep=[LABEL[art]],
-            )
+        for side, where in ((1, "right"), (-1, "left")):
+            art, vein = LABEL[f"iliac_artery_{where}"], LABEL[f"iliac_vena_{where}"]
+            artery = [bif, (30 * side, fs(-125, 10), -125), (40 * side, 10, -165), (52 * side, 32, -205),
+                      (58 * side, 42, -255)]
+            self.tube(artery, [9, 7, 6.5, 6, 6], art, TISSUE["artery_blood"], inside=cav)
+            venous = [ivc[0], (30 * side, fs(-145, 4), -145), (34 * side, -2, -170), (44 * side, 24, -205),
+                      (48 * side, 36, -255)]
+            self.tube(venous, [9, 8, 8, 8, 8], vein, TISSUE["vein_blood"], inside=cav, keep=[art])
         # Portal venous system: splenic vein + SMV -> confluence -> portal vein -> right/left branches.
         portal = LABEL["portal_vein_and_splenic_vein"]
         conf = (6, 28, -40)
@@ -751,14 +758,13 @@ class _PhantomBuilder:
             ([conf, (-22, 26, -32), (-48, 12, -24), (-75, -10, -14)], [6, 5.5, 5, 5]),
             ([conf, (10, 40, -60), (12, 58, -95)], [7, 6, 5]),
         ):
-            self.tube(pts, rad, portal, TISSUE["portal_blood"], inside=cav, keep=[LABEL["aorta"], LABEL["inferior_vena_cava"]])
+            self.tube(pts, rad, portal, TISSUE["portal_blood"], inside=cav,
+                      keep=[LABEL["aorta"], LABEL["inferior_vena_cava"]])
         # Superior mesenteric artery and renal vessels (not labelled in the "total" task).
         self.tube([(-8, fs(-28, 8), -28), (-5, 32, -45), (-3, 50, -70), (0, 62, -100)], [4, 4, 3.5, 3],
                   0, TISSUE["artery_blood"], inside=cav, keep=[LABEL["aorta"], LABEL["duodenum"]])
         for side, name in ((1, "kidney_right"), (-1, "kidney_left")):
-            c = getattr(self, f"{name}_center", None)
-            if c is None:
-                continue
+            c = self.kidney_centers[name]
             hilum = c + np.array([-side * 24.0, 12.0, 0.0])
             self.tube([(-8, fs(c[2], 6), c[2] + 8), hilum], [3.5, 3.0], 0, TISSUE["artery_blood"],
                       inside=cav, keep=[LABEL["aorta"], LABEL["inferior_vena_cava"]])
@@ -767,8 +773,11 @@ class _PhantomBuilder:
                       TISSUE["vein_blood"], inside=cav, keep=[LABEL["aorta"], LABEL["inferior_vena_cava"]])
         # Pulmonary trunk and arteries to the hila (label kept: lung or mediastinum).
         trunk = [(-8, 58, 95), (-15, 45, 118), (-22, 30, 128)]
-        self.tube(trunk, [13, 13, 12], 0, TISSUE["pulmonary_blood"], inside=cav, keep=[LABEL["heart"], LABEL["aorta"]])
-        for pts in ([(-22, 30, 128), (-45, 10, 132), (-56, -4, 128)], [(-22, 30, 128), (0, 18, 126), (25, 12, 124), (46, 2, 120)]):
+        self.tube(trunk, [13, 13, 12], 0, TISSUE["pulmonary_blood"], inside=cav,
+                  keep=[LABEL["heart"], LABEL["aorta"]])
+        left_pa = [(-22, 30, 128), (-45, 10, 132), (-56, -4, 128)]
+        right_pa = [(-22, 30, 128), (0, 18, 126), (25, 12, 124), (46, 2, 120)]
+        for pts in (left_pa, right_pa):
             self.tube(pts, [10] * len(pts), 0, TISSUE["pulmonary_blood"], inside=cav,
                       keep=[LABEL["aorta"], LABEL["superior_vena_cava"], LABEL["esophagus"]])
         lobes = [LABEL[n] for n in TOTALSEGMENTATOR_TOTAL.values() if n.startswith("lung_")]
@@ -859,7 +868,7 @@ class _PhantomBuilder:
             self.tube(pts, rad, LABEL[name], TISSUE["muscle"], warp=0.08, inside=body, keep=vessels)
 
     def spine(self) -> None:
-        """T1..L5: bodies with discs, pedicles and laminae around the canal, spinous and transverse
+        """C7..L5: bodies with discs, pedicles and laminae around the canal, spinous and transverse
         processes; the canal with CSF and the cord (down to L1/L2); the sacrum with S1."""
         viscera = [LABEL[n] for n in (
             "liver", "spleen", "stomach", "pancreas", "kidney_left", "kidney_right", "gallbladder", "duodenum",
@@ -872,7 +881,7 @@ class _PhantomBuilder:
             yb = float(self.spine_y(zc))
             rc = 9.5 if lumbar else 7.5
             yc = yb - ry - rc + 2.0
-            reg = self.region((-70, yb - 110, lo - 0.5 * h), (70, yb + ry + 2, hi + 2))
+            reg = self.region((-70, yb - 110, lo - 0.5 * h), (70, yb + ry + 9, hi + 2))
             if reg is None:
                 continue
             x, y, z = reg.x, reg.y, reg.z
@@ -886,7 +895,8 @@ class _PhantomBuilder:
             _, _, post = self.cross_section(z, "muscle")
             tip = -post + 14.0
             drop = 0.0 if lumbar else 0.45 * h
-            spinous = (np.abs(x) < 4.5) & (y < yc) & (y > tip) & (z > lo + 0.1 * h - drop) & (z < hi - 0.2 * h - drop * 0.6)
+            spinous = (np.abs(x) < 4.5) & (y < yc) & (y > tip)
+            spinous &= (z > lo + 0.1 * h - drop) & (z < hi - 0.2 * h - drop * 0.6)
             reach = 17.0 if lumbar else 14.0
             tx = ((np.abs(x) - (rc + reach)) / (reach - 2.0)) ** 2 + ((y - yc - 3.0) / 6.0) ** 2
             transverse = (tx + ((z - zc - 0.1 * h) / 6.0) ** 2 < 1.0)
@@ -962,9 +972,9 @@ class _PhantomBuilder:
         back = np.deg2rad(-105.0 + 55.0 * np.clip((s - 0.55) / 0.45, 0.0, 1.0))  # SI joint, then the notch
         front = np.deg2rad(55.0 - 25.0 * s)
         for side, name, muscle in ((1, "hip_right", "iliopsoas_right"), (-1, "hip_left", "iliopsoas_left")):
-            dx, dy = side * x - cx, y - 0.0
-            r = np.sqrt(dx**2 + dy**2)
-            theta = np.arctan2(dy, dx)
+            dx = side * x - cx
+            r = np.sqrt(dx**2 + y**2)
+            theta = np.arctan2(y, dx)
             arc = (theta > back) & (theta < front)
             wing = arc & (np.abs(r - radius) < thick / 2)
             iliacus = arc & (r < radius - thick / 2) & (r > radius - thick / 2 - 16.0) & (theta > np.deg2rad(-60.0))
@@ -979,7 +989,8 @@ class _PhantomBuilder:
                 self.paint(r, f < 1, LABEL[name], TISSUE["cortical_bone"])
             self.tube([(side * 75, 22, -222), (side * 40, 55, -232), (side * 6, 68, -240)], [10, 9, 9],
                       LABEL[name], TISSUE["cortical_bone"])
-            self.tube([(side * 76, -18, -220), (side * 62, -32, -265)], [12, 12], LABEL[name], TISSUE["cortical_bone"])
+            ischium = [(side * 76, -18, -220), (side * 62, -32, -265)]
+            self.tube(ischium, [12, 12], LABEL[name], TISSUE["cortical_bone"])
             got = self.ellipsoid(head_c, (23.0, 23.0, 23.0))
             if got is not None:
                 r, f = got
@@ -998,7 +1009,8 @@ class _PhantomBuilder:
             d = drop.get(k, 70.0) + self.rng.uniform(-6, 6)
             radius = 5.0 if k == 1 else (4.0 if k >= 11 else 4.5)
             for side in (1, -1):
-                pts = [np.array((side * (rx + 2.0), yb - 0.3 * ry, z0)), np.array((side * (rx + 22.0), yb - ry - 10.0, z0))]
+                head, tubercle = (side * (rx + 2.0), yb - 0.3 * ry, z0), (side * (rx + 22.0), yb - ry - 10.0, z0)
+                pts = [np.array(head), np.array(tubercle)]
                 for phi in np.deg2rad(np.arange(28.0, phi_end[k] + 1e-6, 8.0)):
                     z = z0 - d * (1 - math.cos(phi)) / 2
                     pts.append(self.wall_point(z, phi, side, "cavity", grow_mm=radius + 0.5))
@@ -1016,7 +1028,7 @@ class _PhantomBuilder:
         reg = self.region((-30, 0, bottom), (30, 125, top))
         if reg is not None:
             _, ant, _ = self.cross_section(reg.z, "cavity")
-            half_w = np.interp(reg.z, [bottom, bottom + 20, top - 40, top - 30, top], [6, 14, 14, 24, 24]).astype(np.float32)
+            half_w = np.interp(reg.z, [bottom, bottom + 20, top - 40, top - 30, top], [6, 14, 14, 24, 24])
             m = (np.abs(reg.x) < half_w) & (reg.y > ant + 1.0) & (reg.y < ant + 13.0)
             self.paint(reg, m, LABEL["sternum"], TISSUE["cortical_bone"])
 
@@ -1050,7 +1062,9 @@ def _coarse_field(
     return coarse, coords
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], spacing: np.ndarray, scale_mm: float) -> np.ndarray:
+def _smooth_field(
+    rng: np.random.Generator, shape: tuple[int, int, int], spacing: np.ndarray, scale_mm: float
+) -> np.ndarray:
     """Unit-variance smooth random field (correlation length ~``scale_mm``) at grid resolution."""
     return _trilinear(*_coarse_field(rng, shape, spacing, scale_mm))
 
@@ -1092,7 +1106,8 @@ def _hu_image(builder: _PhantomBuilder, phase: str, rng: np.random.Generator) ->
     plain = np.array([v[0] for v in TISSUE_HU.values()], dtype=np.float32)
     amp = np.array([v[3] for v in TISSUE_HU.values()], dtype=np.float32)
     # Contrast timing and organ baselines vary a little from scan to scan.
-    table = plain + (table - plain) * rng.uniform(0.92, 1.08) + np.where(np.abs(plain) < 200, rng.normal(0, 3, table.shape), 0)
+    baseline = np.where(np.abs(plain) < 200, rng.normal(0.0, 3.0, table.shape), 0.0)
+    table = (plain + (table - plain) * rng.uniform(0.92, 1.08) + baseline).astype(np.float32)
     # A surface voxel larger than the cortex holds cortex and marrow (partial volume).
     cortex_fraction = min(1.0, CORTEX_MM / float(builder.spacing.mean()))
     cortical, cancellous = TISSUE["cortical_bone"], TISSUE["cancellous_bone"]
@@ -1140,7 +1155,9 @@ def _check_args(spacing_mm, phase: str, noise_hu: float, seed: int, fov) -> tupl
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     shape = np.maximum(1, np.round(fov_mm / spacing)).astype(int)
     if np.any(shape < 8):
-        raise ValueError(f"field_of_view_mm {tuple(fov_mm)} holds fewer than 8 voxels of {tuple(spacing)} mm along an axis")
+        raise ValueError(
+            f"field_of_view_mm {tuple(fov_mm)} holds fewer than 8 voxels of {tuple(spacing)} mm along an axis"
+        )
     if int(np.prod(shape)) > MAX_VOXELS:
         raise ValueError(
             f"a {tuple(shape)} grid ({int(np.prod(shape)):,} voxels) is too large: use a coarser spacing_mm "

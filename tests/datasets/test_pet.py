@@ -69,6 +69,18 @@ def test_deterministic_and_blurred(torso):
     assert a[ring].mean() > a[far_liver].mean()
 
 
+def test_fine_grid_is_simulated_coarser_and_interpolated_back(torso):
+    # At 1.5 mm the PET is computed on 3 mm voxels and brought back to the CT grid.
+    organs, lesions = torso
+    pet = simulate_pet(organs, TOTALSEGMENTATOR_TOTAL, lesions, ["liver_cancer", "liver_cyst"], (1.5, 1.5, 1.5),
+                       np.random.default_rng(0))
+    assert pet.shape == organs.shape and pet.dtype == np.float32 and pet.min() >= 0.0
+    liver = (organs == IDS["liver"]) & (lesions == 0)
+    assert pet[lesions == 1].mean() > pet[liver].mean() > pet[organs == IDS["lung_lower_lobe_left"]].mean()
+    # Interpolated, not blocky: neighbouring voxels differ.
+    assert np.mean(pet[:, :-1, :] != pet[:, 1:, :]) > 0.9
+
+
 def test_outside_the_body_is_cold(torso):
     pet = _pet(torso)
     assert pet[0:2, 0:2, :].max() < 0.5
