@@ -42,6 +42,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import nibabel as nib
 import numpy as np
 
+from modeling_pasta.organs import ORGAN_GROUPS
 from modeling_pasta.report import LESION_TYPES, PHASES, StructuredReport
 
 from .bases import BaseError, HealthyBase, augment_anatomy, load_base_dir, resample_base
@@ -295,7 +296,9 @@ def split_sizes(num_samples: int, splits: Mapping[str, float]) -> dict[str, int]
     return sizes
 
 
-def plan_corpus(config: GenerationConfig, bases: Sequence[HealthyBase] | None = None) -> list[PlannedSample]:
+def plan_corpus(
+    config: GenerationConfig, bases: Sequence[HealthyBase | PhantomRecipe] | None = None
+) -> list[PlannedSample]:
     """The deterministic plan of every sample of a run (see the module docstring).
 
     Raises:
@@ -354,7 +357,7 @@ def plan_shards(plan: Sequence[PlannedSample], samples_per_shard: int) -> list[S
     return shards
 
 
-def _raise_missing_organ(lesion_type: str, bases: Sequence[HealthyBase]) -> None:
+def _raise_missing_organ(lesion_type: str, bases: Sequence[HealthyBase | PhantomRecipe]) -> None:
     organ = LESION_TYPES[lesion_type].organ
     reasons = []
     for base in bases:
@@ -378,8 +381,47 @@ def _source_name(source: str) -> str:
     return "phantom" if source == "phantom" else Path(source).name
 
 
-#: Bases per (source, spacing_mm, phases, phantom field of view), filled once per process.
-_BASE_CACHE: dict[tuple, tuple[HealthyBase, ...]] = {}
+@dataclass(frozen=True)
+class PhantomRecipe:
+    """A phantom base known by its arguments and built on first use (then cached per process).
+
+    Planning needs only a base's id and organs, and a phantom has every organ the lesion types
+    need by construction, so a run builds only the phantoms its samples actually use.
+    """
+
+    spacing_mm: float
+    phase: str
+    noise_hu: float
+    seed: int
+    field_of_view_mm: tuple[float, float, float] | None
+
+    @property
+    def base_id(self) -> str:
+        return f"phantom-{self.seed}"
+
+    def has_organ(self, organ: str, min_voxels: int = 1) -> bool:
+        return organ in ORGAN_GROUPS
+
+    def require_organ(self, organ: str, min_voxels: int = 1) -> None:
+        if not self.has_organ(organ):
+            self.build().require_organ(organ, min_voxels)
+
+    def build(self) -> HealthyBase:
+        if self not in _PHANTOM_CACHE:
+            from .phantom import make_phantom
+
+            extra = {} if self.field_of_view_mm is None else {"field_of_view_mm": self.field_of_view_mm}
+            base = make_phantom(
+                spacing_mm=self.spacing_mm, phase=self.phase, noise_hu=self.noise_hu, seed=self.seed, **extra
+            )
+            logger.info("built %s (%s, %s)", base.base_id, self.phase, "x".join(map(str, base.ct_hu.shape)))
+            _PHANTOM_CACHE[self] = base
+        return _PHANTOM_CACHE[self]
+
+
+#: Bases (or phantom recipes) per (source, spacing_mm, phases, phantom field of view), once per process.
+_BASE_CACHE: dict[tuple, tuple[HealthyBase | PhantomRecipe, ...]] = {}
+_PHANTOM_CACHE: dict[PhantomRecipe, HealthyBase] = {}
 
 
 def _source_keys(config: GenerationConfig) -> list[tuple]:
@@ -389,38 +431,36 @@ def _source_keys(config: GenerationConfig) -> list[tuple]:
     return [(source, float(config.spacing_mm), phases, fov) for source in dict.fromkeys(str(s) for s in config.sources)]
 
 
-def _source_bases(key: tuple) -> tuple[HealthyBase, ...]:
+def _source_bases(key: tuple) -> tuple[HealthyBase | PhantomRecipe, ...]:
     if key in _BASE_CACHE:
         return _BASE_CACHE[key]
     source, spacing_mm, phases, field_of_view_mm = key
     if source == "phantom":
-        from .phantom import make_phantom
-
-        extra = {} if field_of_view_mm is None else {"field_of_view_mm": field_of_view_mm}
         pool = len(PHANTOM_NOISE_HU)
-        bases = [  # seeds (hence base ids) depend on the phase, not on which phases were asked for
-            make_phantom(
-                spacing_mm=spacing_mm, phase=phase, noise_hu=noise, seed=pool * PHASES.index(phase) + k, **extra
-            )
+        bases: list[HealthyBase | PhantomRecipe] = [
+            # seeds (hence base ids) depend on the phase, not on which phases were asked for
+            PhantomRecipe(spacing_mm, phase, noise, pool * PHASES.index(phase) + k, field_of_view_mm)
             for phase in phases
             for k, noise in enumerate(PHANTOM_NOISE_HU)
         ]
+        logger.info("source phantom: %d phantom base(s) at %g mm, built when first used", len(bases), spacing_mm)
     else:
-        bases = load_base_dir(source)
-    bases = [resample_base(base, spacing_mm) for base in bases]
-    logger.info(
-        "source %s: %d base(s) at %g mm (%s)",
-        _source_name(source),
-        len(bases),
-        spacing_mm,
-        ", ".join(f"{b.base_id} {'x'.join(map(str, b.ct_hu.shape))}" for b in bases),
-    )
+        bases = [resample_base(base, spacing_mm) for base in load_base_dir(source)]
+        logger.info(
+            "source %s: %d base(s) at %g mm (%s)",
+            _source_name(source),
+            len(bases),
+            spacing_mm,
+            ", ".join(f"{b.base_id} {'x'.join(map(str, b.ct_hu.shape))}" for b in bases),
+        )
     _BASE_CACHE[key] = tuple(bases)
     return _BASE_CACHE[key]
 
 
-def load_bases(config: GenerationConfig) -> list[HealthyBase]:
+def load_bases(config: GenerationConfig) -> list[HealthyBase | PhantomRecipe]:
     """Every healthy base of the configured sources, resampled to ``config.spacing_mm``.
+
+    Phantoms come as :class:`PhantomRecipe` (built on first use by :func:`build_sample`).
 
     Loaded once per process and cached. Raises :class:`BaseError` / ``ImageReadError`` for
     missing folders, corrupt files or duplicate base ids across sources.
@@ -444,6 +484,8 @@ def build_sample(config: GenerationConfig, item: PlannedSample) -> CorpusSample:
         BaseError: no placement after :data:`SAMPLE_ATTEMPTS` seeds.
     """
     source = load_bases(config)[item.base_index]
+    if isinstance(source, PhantomRecipe):
+        source = source.build()
     seed = item.seed
     for attempt in range(SAMPLE_ATTEMPTS):
         if attempt:
@@ -615,11 +657,11 @@ def _row_for(config: GenerationConfig, item: PlannedSample) -> dict[str, Any]:
     return sample_to_row(build_sample(config, item))
 
 
-def _init_worker(bases: dict[tuple, tuple[HealthyBase, ...]]) -> None:
+def _init_worker(bases: dict[tuple, tuple[HealthyBase | PhantomRecipe, ...]]) -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per core; results do not depend on the thread count
-    _BASE_CACHE.update(bases)  # the parent's bases, sent once, instead of rebuilding them
+    _BASE_CACHE.update(bases)  # the parent's loaded bases, sent once, instead of reloading them
 
 
 def _ordered_rows(config: GenerationConfig, items: Sequence[PlannedSample], workers: int) -> Iterator[dict[str, Any]]:
@@ -1073,6 +1115,7 @@ __all__ = [
     "decode_sample",
     "generate_corpus",
     "generation_command",
+    "PhantomRecipe",
     "load_bases",
     "load_corpus",
     "nifti_bytes",
