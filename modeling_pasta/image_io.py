@@ -183,3 +183,264 @@ def resample_to_spacing(
         info = np.iinfo(array.dtype)
         values = np.clip(np.rint(values), info.min, info.max)
     return values.astype(array.dtype), new_affine
+
+
+def resample_to_grid(
+    array: np.ndarray,
+    affine: np.ndarray,
+    dst_affine: np.ndarray,
+    dst_shape: tuple[int, int, int],
+    *,
+    is_label: bool,
+) -> np.ndarray:
+    """Resample onto a given grid (its affine and shape) with MONAI's ``SpatialResample``.
+
+    Labels use nearest neighbour and keep their dtype; intensities are interpolated linearly
+    (integer dtypes are rounded back). Voxels outside the source take the nearest border value.
+    """
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    dst_shape = tuple(int(s) for s in dst_shape)
+    if tuple(array.shape) == dst_shape and np.allclose(affine, dst_affine, atol=1e-4):
+        return array
+    data = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))[None]
+    meta = MetaTensor(data, affine=torch.as_tensor(np.asarray(affine), dtype=torch.float64))
+    resample = SpatialResample(mode="nearest" if is_label else "bilinear", padding_mode="border", dtype=torch.float32)
+    dst = torch.as_tensor(np.asarray(dst_affine), dtype=torch.float64)
+    out = resample(meta, dst_affine=dst, spatial_size=dst_shape)
+    values = np.asarray(out.array[0] if hasattr(out, "array") else out.numpy()[0])
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+        if array.dtype != bool:
+            info = np.iinfo(array.dtype)
+            values = np.clip(np.rint(values), info.min, info.max)
+        return values.astype(array.dtype)
+    return values.astype(array.dtype if np.issubdtype(array.dtype, np.floating) else np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM series and generic loading (NIfTI file, DICOM file / folder, zip of either)
+# --------------------------------------------------------------------------------------------
+
+#: LPS (DICOM patient frame) -> RAS+ (NIfTI world frame).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: A slice gap larger than this times the median slice distance means missing slices.
+MISSING_SLICE_FACTOR = 1.5
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """True for files with the DICOM preamble ("DICM" at byte 128)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _read_dicom_header(path: Path):
+    import pydicom
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as err:  # pydicom raises many types for broken files
+        raise ImageReadError(f"{path}: not a readable DICOM file, the header is truncated or corrupt ({err})") from err
+
+
+def _dicom_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        candidates = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    else:
+        candidates = sorted(p for p in path.parent.iterdir() if p.is_file() and not p.name.startswith("."))
+    return [p for p in candidates if p.name.upper() != "DICOMDIR" and _is_dicom_file(p)]
+
+
+def load_dicom_series(path: str | Path, *, series_instance_uid: str | None = None) -> Volume:
+    """Read one DICOM CT series (a folder, or any file of the series) into HU and a RAS+ affine.
+
+    Slices are sorted by ``ImagePositionPatient`` along the slice normal; the affine maps
+    (column, row, slice) indices to RAS+ mm (DICOM's LPS with x and y negated). Pixel values
+    go through ``RescaleSlope`` / ``RescaleIntercept`` to HU (int16 when they stay integers).
+
+    Args:
+        path: a folder holding the series (searched recursively) or one file of it (its folder
+            is searched, and only that file's series is read).
+        series_instance_uid: which series to read when the folder holds several.
+
+    Raises:
+        ImageReadError: no DICOM files, several series, inconsistent orientation / size /
+            pixel spacing, duplicate or missing slices, a single slice, multi-frame files, or a
+            truncated file; the message names the folder or file and the problem.
+    """
+    import pydicom
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file or folder")
+    files = _dicom_files(path)
+    if not files:
+        raise ImageReadError(f"{path}: no DICOM files found (files must carry the 'DICM' preamble)")
+    headers = {f: _read_dicom_header(f) for f in files}
+    if path.is_file() and series_instance_uid is None:
+        own = headers.get(path) or _read_dicom_header(path)
+        series_instance_uid = str(own.get("SeriesInstanceUID", ""))
+    headers = [(f, h) for f, h in headers.items() if h.get("Rows") is not None]  # images only
+    series: dict[str, list] = {}
+    for f, h in headers:
+        series.setdefault(str(h.get("SeriesInstanceUID", "")), []).append((f, h))
+    if series_instance_uid is not None:
+        if series_instance_uid not in series:
+            raise ImageReadError(f"{path}: no series with SeriesInstanceUID {series_instance_uid!r}")
+        members = series[series_instance_uid]
+    elif len(series) > 1:
+        listing = ", ".join(f"{uid or '<empty>'} ({len(m)} files)" for uid, m in series.items())
+        raise ImageReadError(
+            f"{path}: holds {len(series)} DICOM series ({listing}); pass one series per folder "
+            "or choose one with series_instance_uid="
+        )
+    else:
+        members = next(iter(series.values()), [])
+    source = str(path)
+    if len(members) < 2:
+        raise ImageReadError(f"{source}: only {len(members)} DICOM slice(s); a CT volume needs the whole series")
+
+    def _field(h, name: str, f: Path):
+        value = h.get(name)
+        if value is None:
+            raise ImageReadError(f"{f}: the DICOM header lacks {name}, the slice cannot be placed in space")
+        return value
+
+    first_file, first = members[0]
+    orientation = np.asarray(_field(first, "ImageOrientationPatient", first_file), dtype=float)
+    pixel_spacing = np.asarray(_field(first, "PixelSpacing", first_file), dtype=float)
+    rows, cols = int(first.Rows), int(first.Columns)
+    for f, h in members:
+        if int(h.get("NumberOfFrames", 1) or 1) > 1:
+            raise ImageReadError(f"{f}: multi-frame DICOM is not supported; export single-frame slices or NIfTI")
+        if not np.allclose(np.asarray(_field(h, "ImageOrientationPatient", f), dtype=float), orientation, atol=1e-4):
+            raise ImageReadError(
+                f"{source}: inconsistent ImageOrientationPatient ({f.name} differs from {first_file.name})"
+            )
+        if (int(h.Rows), int(h.Columns)) != (rows, cols):
+            raise ImageReadError(
+                f"{source}: inconsistent slice size ({f.name} is {h.Rows}x{h.Columns}, "
+                f"{first_file.name} is {rows}x{cols})"
+            )
+        if not np.allclose(np.asarray(_field(h, "PixelSpacing", f), dtype=float), pixel_spacing, atol=1e-4):
+            raise ImageReadError(f"{source}: inconsistent PixelSpacing ({f.name} differs from {first_file.name})")
+
+    row_cosine, col_cosine = orientation[:3], orientation[3:]
+    normal = np.cross(row_cosine, col_cosine)
+    positions = np.array([np.asarray(_field(h, "ImagePositionPatient", f), dtype=float) for f, h in members])
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    members = [members[i] for i in order]
+    positions, along = positions[order], along[order]
+    gaps = np.diff(along)
+    if np.any(gaps < 1e-3):
+        k = int(np.argmax(gaps < 1e-3))
+        raise ImageReadError(
+            f"{source}: two slices at the same position ({members[k][0].name}, {members[k + 1][0].name}); "
+            "duplicate files or two series mixed in one folder"
+        )
+    median_gap = float(np.median(gaps))
+    if np.any(gaps > MISSING_SLICE_FACTOR * median_gap):
+        k = int(np.argmax(gaps > MISSING_SLICE_FACTOR * median_gap))
+        raise ImageReadError(
+            f"{source}: missing slice(s): a gap of {gaps[k]:.2f} mm between slice positions "
+            f"{along[k]:.2f} and {along[k + 1]:.2f} mm (slice distance {median_gap:.2f} mm)"
+        )
+
+    slopes, intercepts, planes = [], [], []
+    for f, _ in members:
+        try:
+            dataset = pydicom.dcmread(str(f))
+            pixels = dataset.pixel_array
+        except Exception as err:  # decoders raise many types for truncated pixel data
+            raise ImageReadError(
+                f"{f}: the pixel data cannot be read; the file is truncated or corrupt ({err})"
+            ) from err
+        if pixels.shape != (rows, cols):
+            raise ImageReadError(f"{f}: pixel data of shape {pixels.shape}, expected {(rows, cols)}")
+        slopes.append(float(dataset.get("RescaleSlope", 1.0) or 1.0))
+        intercepts.append(float(dataset.get("RescaleIntercept", 0.0) or 0.0))
+        planes.append(pixels.T)  # (columns, rows): axis 0 runs along the row cosine
+    slopes_arr, intercepts_arr = np.asarray(slopes), np.asarray(intercepts)
+    raw = np.stack(planes, axis=-1).astype(np.float64)
+    hu = raw * slopes_arr + intercepts_arr
+    integral = np.all(slopes_arr == np.round(slopes_arr)) and np.all(intercepts_arr == np.round(intercepts_arr))
+    if integral and hu.min() >= np.iinfo(np.int16).min and hu.max() <= np.iinfo(np.int16).max:
+        hu = hu.astype(np.int16)
+    else:
+        hu = hu.astype(np.float32)
+
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row_cosine * pixel_spacing[1]
+    affine_lps[:3, 1] = col_cosine * pixel_spacing[0]
+    affine_lps[:3, 2] = (positions[-1] - positions[0]) / (len(positions) - 1)
+    affine_lps[:3, 3] = positions[0]
+    array = check_volume(hu, source)
+    return Volume(array=array, affine=check_affine(LPS_TO_RAS @ affine_lps, source), source=source)
+
+
+def _extract_zip(archive: Path, destination: Path, max_bytes: int) -> None:
+    """Extract ``archive`` into ``destination``, refusing paths that leave it and oversized content."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            members = handle.infolist()
+            total = sum(m.file_size for m in members)
+            if total > max_bytes:
+                raise ImageReadError(f"{archive}: unpacks to {total} bytes, more than the {max_bytes} allowed")
+            root = destination.resolve()
+            for member in members:
+                target = (root / member.filename).resolve()
+                if not target.is_relative_to(root):
+                    raise ImageReadError(f"{archive}: unsafe path {member.filename!r} in the zip (outside the archive)")
+            handle.extractall(root)
+    except zipfile.BadZipFile as err:
+        raise ImageReadError(f"{archive}: not a readable zip file ({err})") from err
+
+
+def load_image(
+    path: str | Path,
+    *,
+    series_instance_uid: str | None = None,
+    max_unzipped_bytes: int = 8 * 2**30,
+) -> Volume:
+    """Read a CT from a NIfTI file, a DICOM series (folder or one of its files) or a zip of either.
+
+    Raises:
+        ImageReadError: naming the file and the problem (see :func:`load_nifti` and
+            :func:`load_dicom_series`).
+    """
+    import tempfile
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file or folder")
+    name = path.name.lower()
+    if path.is_dir():
+        return load_dicom_series(path, series_instance_uid=series_instance_uid)
+    if name.endswith((".nii", ".nii.gz")):
+        return load_nifti(path)
+    if name.endswith(".zip"):
+        with tempfile.TemporaryDirectory(prefix="pasta-zip-") as tmp:
+            _extract_zip(path, Path(tmp), max_unzipped_bytes)
+            niftis = sorted(p for p in Path(tmp).rglob("*") if p.name.lower().endswith((".nii", ".nii.gz")))
+            try:
+                if niftis and not _dicom_files(Path(tmp)):
+                    if len(niftis) > 1:
+                        raise ImageReadError(f"holds {len(niftis)} NIfTI files; zip one volume")
+                    volume = load_nifti(niftis[0])
+                else:
+                    volume = load_dicom_series(Path(tmp), series_instance_uid=series_instance_uid)
+            except ImageReadError as err:
+                raise ImageReadError(f"{path}: {str(err).replace(tmp, '<zip>')}") from err
+        volume.source = str(path)
+        return volume
+    if _is_dicom_file(path):
+        return load_dicom_series(path, series_instance_uid=series_instance_uid)
+    raise ImageReadError(f"{path}: unknown format; pass a NIfTI (.nii/.nii.gz), a DICOM file or folder, or a zip")

@@ -445,6 +445,8 @@ def _sub_location(organ_label: str, rel: np.ndarray) -> str:
     if group == "gallbladder":
         return third(si, ("gallbladder fundus", "gallbladder body", "gallbladder neck"))
     if group == "vertebrae":
+        if organ_label == "vertebrae":  # a model's single "vertebrae" class names no level
+            return "vertebral body"
         return f"{readable_organ(organ_label).replace(' vertebra', '')} vertebral body"
     return readable_organ(organ_label)
 

@@ -185,3 +185,10 @@ def test_impression_mentions_every_lesion():
     text = render_impression(lesions)
     assert "2 lesions" in text and "liver cancer" in text and "kidney cyst" in text
     assert render_impression([]) == "No focal lesion identified."
+
+
+def test_vertebra_location_with_and_without_level():
+    from modeling_pasta.report import _sub_location
+
+    assert _sub_location("vertebrae_L3", np.array([0.5, 0.5, 0.5])) == "L3 vertebral body"
+    assert _sub_location("vertebrae", np.array([0.5, 0.5, 0.5])) == "vertebral body"
