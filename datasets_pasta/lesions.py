@@ -431,6 +431,28 @@ def _margin_params(ctx: _Context, margin: str, radius: float) -> dict[str, float
     return params
 
 
+def _attributes(
+    ctx: "_Context",
+    *,
+    margin: str,
+    params: dict[str, float | str],
+    enhancement: str,
+    texture: str,
+    features: list[str],
+    is_round: bool = False,
+    shape: str | None = None,
+) -> dict[str, object]:
+    """Report attributes of a drawn lesion; density variation follows the drawn heterogeneity."""
+    return dict(
+        shape=shape or _shape_for(margin, params, is_round),
+        margin=margin,
+        enhancement=enhancement,
+        texture=texture,
+        density_variation=_variation(params, features, ctx.noise_hu),
+        special_features=features,
+    )
+
+
 def _shape_for(margin: str, params: dict[str, float | str], is_round: bool) -> str:
     """The report's shape for what the parameters draw."""
     if margin == "spiculated" or (margin == "ill_defined" and float(params.get("deform", 0.0)) >= 0.15):
@@ -593,13 +615,9 @@ def _plan_parenchymal_cancer(ctx: _Context) -> _Plan:
     invasion = ctx.chance(invasion_p)
     if invasion:
         params["invasion_mm"] = ctx.uniform(4.0, 10.0)
-    attrs = dict(
-        shape=_shape_for(margin, params, is_round),
-        margin=margin,
-        enhancement=enhancement,
-        texture="solid",
-        density_variation=_variation(params, features, ctx.noise_hu),
-        special_features=features,
+    attrs = _attributes(
+        ctx, margin=margin, params=params, enhancement=enhancement, texture="solid", features=features,
+        is_round=is_round,
     )
     if exophytic:
         return _Plan(size_class, radii, attrs, params, invasion, "exophytic", 0.2 * radius, 0.5 * radius)
@@ -675,13 +693,8 @@ def _plan_hollow_cancer(ctx: _Context) -> _Plan:
         params.update(calcifications=float(ctx.rng.integers(1, 4)), calcification_hu=ctx.uniform(250.0, 600.0))
     if invasion:
         params["invasion_mm"] = ctx.uniform(3.0, 8.0)
-    attrs = dict(
-        shape=shape,
-        margin=margin,
-        enhancement=enhancement,
-        texture="solid",
-        density_variation=_variation(params, features, ctx.noise_hu),
-        special_features=features,
+    attrs = _attributes(
+        ctx, margin=margin, params=params, enhancement=enhancement, texture="solid", features=features, shape=shape
     )
     return _Plan(size_class, tuple(float(r) for r in radii), attrs, params, invasion, *plan_args)
 
@@ -726,13 +739,9 @@ def _plan_lung_cancer(ctx: _Context) -> _Plan:
         params["invasion_mm"] = ctx.uniform(5.0, 12.0)
     params.update(erode_mm=0.0, bulge_mm=0.0)
     radii, is_round = _radii(ctx, radius, round_p=0.45)
-    attrs = dict(
-        shape=_shape_for(margin, params, is_round),
-        margin=margin,
-        enhancement=enhancement,
-        texture=texture,
-        density_variation=_variation(params, features, ctx.noise_hu),
-        special_features=features,
+    attrs = _attributes(
+        ctx, margin=margin, params=params, enhancement=enhancement, texture=texture, features=features,
+        is_round=is_round,
     )
     return _Plan(size_class, radii, attrs, params, invasion, "depth", min(radius, 0.8 * ctx.host.max_depth_mm))
 
@@ -764,13 +773,9 @@ def _plan_bone_metastasis(ctx: _Context) -> _Plan:
         texture = "calcified"
     params.update(erode_mm=0.0 if invasion else float(ctx.host.spacing_mm.min()), bulge_mm=0.0)
     radii, is_round = _radii(ctx, radius, round_p=0.5)
-    attrs = dict(
-        shape=_shape_for(margin, params, is_round),
-        margin=margin,
-        enhancement=enhancement,
-        texture=texture,
-        density_variation=_variation(params, features, ctx.noise_hu),
-        special_features=features,
+    attrs = _attributes(
+        ctx, margin=margin, params=params, enhancement=enhancement, texture=texture, features=features,
+        is_round=is_round,
     )
     return _Plan(size_class, radii, attrs, params, invasion, "body", min(0.8 * radius, 0.8 * ctx.host.max_depth_mm))
 
