@@ -149,6 +149,26 @@ def from_canonical(array: np.ndarray, transform: CanonicalTransform) -> np.ndarr
     return np.ascontiguousarray(back)
 
 
+def _meta_tensor(array: np.ndarray, affine: np.ndarray):
+    """A one-channel float32 MONAI ``MetaTensor`` carrying the affine (what MONAI's resamplers take)."""
+    import torch
+    from monai.data import MetaTensor
+
+    data = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))[None]
+    return MetaTensor(data, affine=torch.as_tensor(np.asarray(affine), dtype=torch.float64))
+
+
+def _cast_like(resampled, dtype: np.dtype) -> np.ndarray:
+    """The first channel of a resampler's output in the input's dtype (integers rounded and clipped)."""
+    values = np.asarray(resampled.array[0] if hasattr(resampled, "array") else resampled.numpy()[0])
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    elif not (np.issubdtype(dtype, np.floating) or dtype == bool):
+        dtype = np.float32
+    return values.astype(dtype)
+
+
 def resample_to_spacing(
     array: np.ndarray,
     affine: np.ndarray,
@@ -162,27 +182,18 @@ def resample_to_spacing(
     the new grid's. Intensities keep their dtype's meaning (HU stays HU).
     """
     import torch
-    from monai.data import MetaTensor
     from monai.transforms import Spacing
 
     spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,))
     current = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
     if np.allclose(current, spacing, rtol=1e-4, atol=1e-4):
         return array, np.asarray(affine, dtype=np.float64)
-    data = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))[None]
-    meta = MetaTensor(data, affine=torch.as_tensor(np.asarray(affine), dtype=torch.float64))
     transform = Spacing(
         pixdim=tuple(spacing), mode="nearest" if is_label else "bilinear", padding_mode="border",
         dtype=torch.float32,
     )
-    out = transform(meta)
-    new_affine = out.affine.numpy().astype(np.float64)
-    values = out.array[0] if hasattr(out, "array") else out.numpy()[0]
-    values = np.asarray(values)
-    if np.issubdtype(array.dtype, np.integer):
-        info = np.iinfo(array.dtype)
-        values = np.clip(np.rint(values), info.min, info.max)
-    return values.astype(array.dtype), new_affine
+    out = transform(_meta_tensor(array, affine))
+    return _cast_like(out, array.dtype), out.affine.numpy().astype(np.float64)
 
 
 def resample_to_grid(
@@ -199,24 +210,14 @@ def resample_to_grid(
     (integer dtypes are rounded back). Voxels outside the source take the nearest border value.
     """
     import torch
-    from monai.data import MetaTensor
     from monai.transforms import SpatialResample
 
     dst_shape = tuple(int(s) for s in dst_shape)
     if tuple(array.shape) == dst_shape and np.allclose(affine, dst_affine, atol=1e-4):
         return array
-    data = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))[None]
-    meta = MetaTensor(data, affine=torch.as_tensor(np.asarray(affine), dtype=torch.float64))
     resample = SpatialResample(mode="nearest" if is_label else "bilinear", padding_mode="border", dtype=torch.float32)
     dst = torch.as_tensor(np.asarray(dst_affine), dtype=torch.float64)
-    out = resample(meta, dst_affine=dst, spatial_size=dst_shape)
-    values = np.asarray(out.array[0] if hasattr(out, "array") else out.numpy()[0])
-    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
-        if array.dtype != bool:
-            info = np.iinfo(array.dtype)
-            values = np.clip(np.rint(values), info.min, info.max)
-        return values.astype(array.dtype)
-    return values.astype(array.dtype if np.issubdtype(array.dtype, np.floating) else np.float32)
+    return _cast_like(resample(_meta_tensor(array, affine), dst_affine=dst, spatial_size=dst_shape), array.dtype)
 
 
 # --------------------------------------------------------------------------------------------
