@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from modeling_pasta.image_io import (
     ImageReadError,
+    check_label_map,
     load_nifti,
     resample_to_spacing,
     to_canonical,
@@ -187,17 +188,7 @@ def load_base(
     """
     ct = load_nifti(ct_path)
     labels = load_nifti(label_path)
-    if ct.array.shape != labels.array.shape:
-        raise BaseError(
-            f"{label_path}: label map shape {labels.array.shape} does not match the CT {ct_path} shape {ct.array.shape}"
-        )
-    if not np.allclose(ct.affine, labels.affine, atol=1e-3 * max(1.0, np.abs(ct.affine).max())):
-        raise BaseError(
-            f"{label_path}: label map affine does not match the CT {ct_path} affine "
-            f"(orientations {labels.orientation} vs {ct.orientation}; the map would not overlay the CT)"
-        )
-    if np.issubdtype(labels.array.dtype, np.floating) and not np.allclose(labels.array, np.round(labels.array)):
-        raise BaseError(f"{label_path}: a label map must hold integer ids, found fractional values")
+    check_label_map(ct, labels, error=BaseError)
     names = dict(label_names) if label_names is not None else dict(TOTALSEGMENTATOR_TOTAL)
     present = {int(i) for i in np.unique(labels.array)} - {0}
     unknown = sorted(present - set(names))

@@ -181,6 +181,14 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="X,Y,Z",
         help="field of view of the phantom bases in mm (default: the phantom's own)",
     )
+    parser.add_argument(
+        "--phantom-seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="first anatomy seed of the phantom bases; another value gives other phantom patients, "
+        "e.g. for a held-out test split (default: 0)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -205,6 +213,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         with_pet=args.pet,
         phases=args.phases,
         phantom_field_of_view_mm=args.phantom_fov_mm,
+        phantom_seed=args.phantom_seed,
     )
     summary = generate_corpus(config, progress=not args.no_progress)
     logger.info(

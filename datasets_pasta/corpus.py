@@ -125,6 +125,8 @@ class GenerationConfig:
         with_pet: also simulate an FDG PET (SUV) channel.
         phases: contrast phases of the phantom bases.
         phantom_field_of_view_mm: field of view of the phantom bases (None = the phantom's default).
+        phantom_seed: first anatomy seed of the phantom bases; another value gives other phantom
+            patients (e.g. a test split whose bases no training scan used).
     """
 
     out_dir: Path
@@ -144,6 +146,7 @@ class GenerationConfig:
     with_pet: bool = False
     phases: list[str] = field(default_factory=lambda: list(PHASES))
     phantom_field_of_view_mm: tuple[float, float, float] | None = None
+    phantom_seed: int = 0
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -191,6 +194,8 @@ class GenerationConfig:
                 f"shard_index must be in [0, num_shards); "
                 f"got shard_index={self.shard_index}, num_shards={self.num_shards}"
             )
+        if self.phantom_seed < 0:
+            raise CorpusError(f"phantom_seed must be a non-negative integer, got {self.phantom_seed}")
         if self.workers < 1:
             raise CorpusError(f"workers must be at least 1, got {self.workers}")
         bad_phases = [p for p in self.phases if p not in PHASES]
@@ -203,6 +208,8 @@ class GenerationConfig:
         Folder sources are recorded by folder name only, so no local path ends up in a shard.
         """
         fov = self.phantom_field_of_view_mm
+        # phantom_seed is recorded only when set, so corpora written before it existed stay resumable
+        extra = {"phantom_seed": int(self.phantom_seed)} if self.phantom_seed else {}
         return {
             "num_samples": int(self.num_samples),
             "seed": int(self.seed),
@@ -217,6 +224,7 @@ class GenerationConfig:
             "with_pet": bool(self.with_pet),
             "phases": list(self.phases),
             "phantom_field_of_view_mm": None if fov is None else [float(v) for v in np.broadcast_to(fov, (3,))],
+            **extra,
         }
 
 
@@ -236,6 +244,8 @@ def generation_command(settings: Mapping[str, Any], out: str = "OUT") -> str:
         parts.append(f"--phases {','.join(settings['phases'])}")
     if settings.get("phantom_field_of_view_mm"):
         parts.append("--phantom-fov-mm " + ",".join(f"{v:g}" for v in settings["phantom_field_of_view_mm"]))
+    if settings.get("phantom_seed"):
+        parts.append(f"--phantom-seed {settings['phantom_seed']}")
     if not settings["augment"]:
         parts.append("--no-augment")
     if settings["with_pet"]:
@@ -419,7 +429,7 @@ class PhantomRecipe:
         return _PHANTOM_CACHE[self]
 
 
-#: Bases (or phantom recipes) per (source, spacing_mm, phases, phantom field of view), once per process.
+#: Bases (or phantom recipes) per (source, spacing_mm, phases, phantom field of view, phantom seed), once per process.
 _BASE_CACHE: dict[tuple, tuple[HealthyBase | PhantomRecipe, ...]] = {}
 _PHANTOM_CACHE: dict[PhantomRecipe, HealthyBase] = {}
 
@@ -428,18 +438,21 @@ def _source_keys(config: GenerationConfig) -> list[tuple]:
     fov = config.phantom_field_of_view_mm
     fov = None if fov is None else tuple(float(v) for v in np.broadcast_to(fov, (3,)))
     phases = tuple(config.phases)
-    return [(source, float(config.spacing_mm), phases, fov) for source in dict.fromkeys(str(s) for s in config.sources)]
+    return [
+        (source, float(config.spacing_mm), phases, fov, int(config.phantom_seed))
+        for source in dict.fromkeys(str(s) for s in config.sources)
+    ]
 
 
 def _source_bases(key: tuple) -> tuple[HealthyBase | PhantomRecipe, ...]:
     if key in _BASE_CACHE:
         return _BASE_CACHE[key]
-    source, spacing_mm, phases, field_of_view_mm = key
+    source, spacing_mm, phases, field_of_view_mm, phantom_seed = key
     if source == "phantom":
         pool = len(PHANTOM_NOISE_HU)
         bases: list[HealthyBase | PhantomRecipe] = [
             # seeds (hence base ids) depend on the phase, not on which phases were asked for
-            PhantomRecipe(spacing_mm, phase, noise, pool * PHASES.index(phase) + k, field_of_view_mm)
+            PhantomRecipe(spacing_mm, phase, noise, phantom_seed + pool * PHASES.index(phase) + k, field_of_view_mm)
             for phase in phases
             for k, noise in enumerate(PHANTOM_NOISE_HU)
         ]

@@ -142,10 +142,12 @@ class PastaConfig(PreTrainedConfig):
         clip_percentiles (`list[float]`): percentiles clipped before the z-score.
         hu_breakpoints (`list[float]`) / hu_targets (`list[float]`): the piecewise-linear HU map of
             ``"pasta_hu"`` (values outside the breakpoints are clipped).
-        id2label (`dict[int, str]`): segmentation classes; 0 is background, ``lesion_label`` the lesion.
+        id2label (`dict[int, str]`): segmentation classes; 0 is background, ``lesion_label`` (when
+            set) the lesion.
         segmentation_organs (`dict[str, list[str]]`): segmentation class -> the TotalSegmentator
             "total" label names it merges (turns a corpus organ map into training targets).
-        lesion_label (`str`): name of the lesion class in ``id2label``.
+        lesion_label (`str` or `None`): name of the lesion class in ``id2label``; None for a
+            segmentation model without a lesion class (e.g. organs only, fine-tuned on MRI).
         dice_loss_weight (`float`): weight of the soft Dice term added to cross-entropy.
         classification_tasks (`dict[str, list[str]]`): task -> class names of the classification head.
         scan_level_tasks (`list[str]`): tasks that describe the whole scan; the others describe the
@@ -177,7 +179,7 @@ class PastaConfig(PreTrainedConfig):
     hu_breakpoints: list[float | int] | tuple[float | int, ...] = (-1000.0, -200.0, 200.0, 1000.0)
     hu_targets: list[float | int] | tuple[float | int, ...] = (0.0, 0.2, 0.9, 1.0)
     segmentation_organs: dict[str, list[str]] | None = None
-    lesion_label: str = LESION_LABEL
+    lesion_label: str | None = LESION_LABEL
     dice_loss_weight: float | int = 1.0
     classification_tasks: dict[str, list[str]] | None = None
     scan_level_tasks: list[str] | tuple[str, ...] = ("detection", "phase")
@@ -207,7 +209,16 @@ class PastaConfig(PreTrainedConfig):
 
     @property
     def lesion_label_id(self) -> int:
-        """Segmentation class id of the lesion."""
+        """Segmentation class id of the lesion.
+
+        Raises:
+            ValueError: when the model has no lesion class (``lesion_label=None``).
+        """
+        if self.lesion_label is None:
+            raise ValueError(
+                "this model has no lesion class (lesion_label=None, classes "
+                f"{list(self.id2label.values())}); set lesion_label to one of them for lesion segmentation"
+            )
         return self.label2id[self.lesion_label]
 
     def validate_pasta_architecture(self) -> None:
@@ -239,8 +250,13 @@ class PastaConfig(PreTrainedConfig):
         if len(self.mim_block_size) != 3 or not 0.0 < self.mim_mask_ratio < 1.0:
             raise ValueError("mim_block_size needs 3 sizes and mim_mask_ratio must lie in (0, 1)")
         names = list(self.id2label.values())
-        if self.id2label.get(0) != "background" or self.lesion_label not in names:
-            raise ValueError(f"id2label needs 0 -> 'background' and a {self.lesion_label!r} class, got {names}")
+        if self.id2label.get(0) != "background":
+            raise ValueError(f"id2label needs 0 -> 'background', got {names}")
+        if self.lesion_label is not None and self.lesion_label not in names:
+            raise ValueError(
+                f"id2label has no {self.lesion_label!r} class (lesion_label), got {names}; "
+                "add it or pass lesion_label=None for a model without a lesion class"
+            )
         unknown = sorted(set(self.segmentation_organs) - set(names))
         if unknown:
             raise ValueError(f"segmentation_organs names classes missing from id2label: {unknown}")

@@ -73,6 +73,23 @@ def check_volume(array: np.ndarray, source: str, *, allow_nan: bool = False) -> 
     return array
 
 
+def check_label_map(image: Volume, labels: Volume, *, error: type[Exception] = ValueError, what: str = "label map") -> None:
+    """Raise ``error`` naming both files when ``labels`` does not overlay ``image`` voxel for voxel
+    (same shape and affine), or holds fractional values instead of integer label ids."""
+    if image.array.shape != labels.array.shape:
+        raise error(
+            f"{labels.source}: {what} shape {labels.array.shape} does not match the image {image.source} "
+            f"shape {image.array.shape}"
+        )
+    if not np.allclose(image.affine, labels.affine, atol=1e-3 * max(1.0, float(np.abs(image.affine).max()))):
+        raise error(
+            f"{labels.source}: {what} affine does not match the image {image.source} affine "
+            f"(orientations {labels.orientation} vs {image.orientation}); it would not overlay the image"
+        )
+    if np.issubdtype(labels.array.dtype, np.floating) and not np.allclose(labels.array, np.round(labels.array)):
+        raise error(f"{labels.source}: a {what} must hold integer label ids, found fractional values")
+
+
 def check_affine(affine: np.ndarray, source: str) -> np.ndarray:
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):

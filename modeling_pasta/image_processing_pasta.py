@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypedDict
+from typing import Any, Mapping, Sequence, TypedDict, TypeVar
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ logger = logging.get_logger(__name__)
 
 #: What ``preprocess`` accepts for one volume: a path, a loaded :class:`Volume`, or ``(array, affine)``.
 VolumeInput = str | Path | Volume | tuple[np.ndarray, np.ndarray]
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
 @dataclass
@@ -379,17 +380,25 @@ class PastaImageProcessor(ImageProcessingMixin):
         """A ``size`` (default ``patch_size``) crop of ``(B, C, x, y, z)`` around a voxel ``center``
         (default the volume centre), zero-padded where it leaves the volume (0 = mean intensity)."""
         size = [int(s) for s in (size or self.patch_size)]
-        spatial = pixel_values.shape[2:]
-        center = [s / 2 for s in spatial] if center is None else list(center)
-        out = pixel_values.new_zeros((*pixel_values.shape[:2], *size))
-        src, dst = [], []
-        for c, n, s in zip(center, spatial, size):
-            start = int(round(c - s / 2))
-            lo, hi = max(start, 0), min(start + s, n)
-            src.append(slice(lo, max(hi, lo)))
-            dst.append(slice(lo - start, lo - start + max(hi - lo, 0)))
-        out[(slice(None), slice(None), *dst)] = pixel_values[(slice(None), slice(None), *src)]
-        return out
+        center = [s / 2 for s in pixel_values.shape[2:]] if center is None else list(center)
+        return crop_or_pad(pixel_values, center, size)
+
+
+def crop_or_pad(array: ArrayT, center: Sequence[float], size: Sequence[int]) -> ArrayT:
+    """A ``size`` window of the last three axes of ``array`` (numpy or torch) around voxel ``center``,
+    zero where the window leaves the array; leading axes (batch, channels) are kept."""
+    size = [int(s) for s in size]
+    spatial = array.shape[-3:]
+    shape = (*array.shape[:-3], *size)
+    out = array.new_zeros(shape) if isinstance(array, torch.Tensor) else np.zeros(shape, dtype=array.dtype)
+    src, dst = [], []
+    for c, n, s in zip(center, spatial, size):
+        start = int(round(c - s / 2))
+        lo, hi = max(start, 0), min(start + s, n)
+        src.append(slice(lo, max(hi, lo)))
+        dst.append(slice(lo - start, lo - start + max(hi - lo, 0)))
+    out[(..., *dst)] = array[(..., *src)]
+    return out
 
 
 def segmentation_targets(
@@ -427,4 +436,4 @@ def segmentation_targets(
 
 PastaImageProcessor.register_for_auto_class("AutoImageProcessor")
 
-__all__ = ["PastaGeometry", "PastaImageProcessor", "segmentation_targets"]
+__all__ = ["PastaGeometry", "PastaImageProcessor", "crop_or_pad", "segmentation_targets"]

@@ -31,6 +31,8 @@ from .configuration_pasta import PastaConfig, PastaTextConfig
 logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
+#: Fine-tuning modes of :meth:`PastaPreTrainedModel.set_finetune_mode`.
+FINETUNE_MODES = ("frozen", "partial", "full")
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,6 +345,8 @@ class PastaPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["PastaEncoderStage", "PastaDecoderStage", "PastaTextDecoderLayer"]
     _supports_sdpa = True
+    # The heads average their own losses: Trainer must not read ``**kwargs`` of forward as loss kwargs.
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -357,6 +361,26 @@ class PastaPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         else:
             super()._init_weights(module)
+
+    def set_finetune_mode(self, mode: str) -> dict[str, int]:
+        """Choose what trains when fine-tuning: ``"frozen"`` freezes the whole encoder (stem and every
+        stage; heads and decoders train), ``"partial"`` the stem and the first half of the stages
+        (rounded down), ``"full"`` nothing.
+
+        Returns:
+            ``{"trainable": n, "frozen": n}`` parameter counts.
+        """
+        if mode not in FINETUNE_MODES:
+            raise ValueError(f"unknown fine-tuning mode {mode!r}; choose one of {list(FINETUNE_MODES)}")
+        encoder = self.base_model.encoder
+        self.requires_grad_(True)
+        frozen = {"frozen": [encoder], "partial": [encoder.stem, *encoder.stages[: len(encoder.stages) // 2]]}
+        for module in frozen.get(mode, []):
+            module.requires_grad_(False)
+        return {
+            "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
+            "frozen": sum(p.numel() for p in self.parameters() if not p.requires_grad),
+        }
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save weights (safetensors), config, and this code beside them for ``trust_remote_code`` loading.

@@ -247,7 +247,8 @@ class PastaPipeline:
         labels = processor.predict_segmentation(model, inputs["pixel_values"].to(self.device))[0]
         classes = processor.postprocess_segmentation(labels, inputs["geometry"][0])
         config = model.config
-        lesion_voxels = classes == config.lesion_label_id
+        lesion_id = config.lesion_label_id if config.lesion_label is not None else None  # organ-only models
+        lesion_voxels = classes == lesion_id if lesion_id is not None else np.zeros(classes.shape, dtype=bool)
         components, count = ndimage.label(lesion_voxels, structure=np.ones((3, 3, 3), dtype=bool))
         voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
         sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
@@ -262,7 +263,7 @@ class PastaPipeline:
 
         organ_map = np.where(lesion_voxels, 0, classes).astype(np.uint8)
         _fill_from_nearest_organ(organ_map, components, count)
-        organ_labels = {i: n for i, n in config.id2label.items() if i not in (0, config.lesion_label_id)}
+        organ_labels = {i: n for i, n in config.id2label.items() if i not in (0, lesion_id)}
         prediction.lesion_mask, prediction.organ_map, prediction.organ_labels = lesion_mask, organ_map, organ_labels
         for lesion_id in range(1, len(kept) + 1):
             measured = measure_lesion(volume.array, lesion_mask == lesion_id, organ_map, volume.affine, organ_labels)

@@ -25,6 +25,8 @@ from datasets_pasta.corpus import (
     corpus_features,
     decode_sample,
     generate_corpus,
+    generation_command,
+    load_bases,
     load_corpus,
     plan_corpus,
     plan_shards,
@@ -371,3 +373,15 @@ def test_pet_column_when_asked_for(tmp_path):
 def test_two_workers_write_the_same_bytes_as_one(corpus, tmp_path):
     generate_corpus(tiny_config(tmp_path / "w2", workers=2), progress=False)
     assert files_of(tmp_path / "w2") == files_of(corpus)
+
+
+def test_phantom_seed_gives_other_phantom_patients_and_is_recorded(tmp_path):
+    default = tiny_config(tmp_path / "a")
+    other = tiny_config(tmp_path / "b", phantom_seed=100)
+    assert {b.base_id for b in load_bases(default)} == {"phantom-8", "phantom-9", "phantom-10", "phantom-11"}
+    assert {b.base_id for b in load_bases(other)} == {"phantom-108", "phantom-109", "phantom-110", "phantom-111"}
+    assert "phantom_seed" not in default.generation_settings()  # corpora written before the option stay resumable
+    assert other.generation_settings()["phantom_seed"] == 100
+    assert "--phantom-seed 100" in generation_command(other.generation_settings())
+    with pytest.raises(CorpusError, match="phantom_seed"):
+        tiny_config(tmp_path / "c", phantom_seed=-1).validate()
