@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from modeling_pasta.image_processing_pasta import PastaImageProcessor
+from modeling_pasta.image_processing_pasta import segmentation_targets
 from modeling_pasta.metrics import (
     accuracy,
     attribute_accuracy,
@@ -43,6 +43,7 @@ from modeling_pasta.metrics import (
     surface_dice,
     text_overlap,
 )
+from modeling_pasta.pipeline_pasta import PastaPipeline
 from modeling_pasta.report import CATEGORICAL_ATTRIBUTES, LESION_TYPES
 
 from .corpus import decode_sample, load_corpus
@@ -58,30 +59,13 @@ DETECTED_DICE = 0.1
 SURFACE_TOLERANCE_MM = 2.0
 
 
-@dataclass
-class LoadedCheckpoints:
-    """The models of a checkpoint folder (``segmentation/``, ``classification/``, ``report_generation/``)."""
-
-    models: dict[str, torch.nn.Module]
-    processors: dict[str, PastaImageProcessor]
-    tokenizer: Any | None = None
-    path: str = ""
-
-
-def load_checkpoints(path: str | Path, *, sliding_window_overlap: float | None = None) -> LoadedCheckpoints:
-    """Load every part present in ``path`` (a pipeline folder or one checkpoint), in eval mode."""
-    from transformers import AutoTokenizer
-
-    from modeling_pasta.pipeline_pasta import PastaPipeline
-
-    pipeline = PastaPipeline.from_pretrained(path, device="cpu" if not torch.cuda.is_available() else None)
-    processors = dict(pipeline.processors)
-    if sliding_window_overlap is not None and "segmentation" in processors:
-        processors["segmentation"].sliding_window_overlap = float(sliding_window_overlap)
-    tokenizer = pipeline.tokenizer
-    if tokenizer is None and (Path(path) / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    return LoadedCheckpoints(dict(pipeline.models), processors, tokenizer, str(path))
+def load_checkpoints(path: str | Path, *, sliding_window_overlap: float | None = None) -> PastaPipeline:
+    """The :class:`PastaPipeline` of ``path`` (a pipeline folder or one checkpoint), optionally with
+    another sliding-window overlap for the segmentation part."""
+    pipeline = PastaPipeline.from_pretrained(path)
+    if sliding_window_overlap is not None and "segmentation" in pipeline.processors:
+        pipeline.processors["segmentation"].sliding_window_overlap = float(sliding_window_overlap)
+    return pipeline
 
 
 @dataclass
@@ -128,8 +112,6 @@ def _lesion_regions(lesion_mask: np.ndarray, spacing_mm: np.ndarray) -> np.ndarr
 def _score_segmentation(
     scan, labels: np.ndarray, config: Any, scan_record: ScanRecord, lesions: list[LesionRecord]
 ) -> None:
-    from modeling_pasta.image_processing_pasta import segmentation_targets
-
     spacing = scan.spacing_mm
     voxel_ml = float(np.prod(spacing)) / 1000.0
     predicted = labels == config.lesion_label_id
@@ -205,21 +187,23 @@ def _rows(corpora: Sequence[tuple[str, str]], limit: int | None) -> Iterable[dic
 
 
 def evaluate_on_corpus(
-    checkpoints: LoadedCheckpoints,
+    pipeline: PastaPipeline,
     corpora: Sequence[tuple[str, str]],
     *,
     limit: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score the loaded checkpoints on ``(corpus path or repo id, split)`` pairs.
+    """Score the pipeline's models on ``(corpus path or repo id, split)`` pairs.
 
     Returns:
         ``{"overall": {...}, "per_type": {type: {...}}, "scans": [...], "lesions": [...], "seconds": s}``.
     """
     from tqdm.auto import tqdm
 
-    if "segmentation" not in checkpoints.models and "classification" not in checkpoints.models:
-        raise ValueError(f"{checkpoints.path}: evaluation needs a segmentation or classification checkpoint")
+    if "segmentation" not in pipeline.models and "classification" not in pipeline.models:
+        raise ValueError(
+            f"evaluation needs a segmentation or classification checkpoint; the pipeline has {sorted(pipeline.models)}"
+        )
     start = time.perf_counter()
     scans: list[ScanRecord] = []
     lesions: list[LesionRecord] = []
@@ -233,27 +217,27 @@ def evaluate_on_corpus(
         grids.clear()
 
         def grid(part: str, with_labels: bool = True):
-            processor = checkpoints.processors[part]
+            processor = pipeline.processors[part]
             key = (tuple(processor.target_spacing_mm), processor.intensity_scheme, with_labels)
             if key not in grids:
                 grids[key] = to_model_grid(sample, processor, with_labels=with_labels)
             return grids[key]
 
-        if "segmentation" in checkpoints.models:
-            model, processor = checkpoints.models["segmentation"], checkpoints.processors["segmentation"]
+        if "segmentation" in pipeline.models:
+            model, processor = pipeline.models["segmentation"], pipeline.processors["segmentation"]
             scan = grid("segmentation")
             pixel_values = torch.from_numpy(scan.pixel_values)[None]
             labels = processor.predict_segmentation(model, pixel_values)[0].cpu().numpy()
             _score_segmentation(scan, labels, model.config, record, mine)
-        if "classification" in checkpoints.models:
+        if "classification" in pipeline.models:
             _classify_lesions(
-                grid("classification"), checkpoints.models["classification"], checkpoints.processors["classification"],
+                grid("classification"), pipeline.models["classification"], pipeline.processors["classification"],
                 mine, record,
             )
-        if "report_generation" in checkpoints.models and checkpoints.tokenizer is not None:
+        if "report_generation" in pipeline.models and pipeline.tokenizer is not None:
             record.generated_text = _write_report(
-                grid("report_generation", with_labels=False), checkpoints.models["report_generation"],
-                checkpoints.processors["report_generation"], checkpoints.tokenizer,
+                grid("report_generation", with_labels=False), pipeline.models["report_generation"],
+                pipeline.processors["report_generation"], pipeline.tokenizer,
             )
         scans.append(record)
         lesions.extend(mine)
@@ -261,7 +245,6 @@ def evaluate_on_corpus(
     results = summarize(scans, lesions)
     results["seconds"] = round(time.perf_counter() - start, 1)
     results["corpora"] = [f"{path}:{split}" for path, split in corpora]
-    results["checkpoint"] = checkpoints.path
     return results
 
 
@@ -391,7 +374,6 @@ def format_table(results: dict[str, Any]) -> str:
 __all__ = [
     "DETECTED_DICE",
     "LESION_REGION_MM",
-    "LoadedCheckpoints",
     "evaluate_on_corpus",
     "format_table",
     "load_checkpoints",

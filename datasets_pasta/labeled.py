@@ -30,13 +30,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from modeling_pasta.image_io import Volume, check_label_map
-from modeling_pasta.image_processing_pasta import PastaGeometry, PastaImageProcessor, crop_or_pad
+from modeling_pasta.image_io import check_label_map
+from modeling_pasta.image_processing_pasta import PastaGeometry, PastaImageProcessor, crop_or_pad, relabel
 from modeling_pasta.metrics import accuracy, concordance_index, roc_auc, segmentation_metrics
 from modeling_pasta.organs import ORGAN_GROUPS
 
 from .bases import LABEL_SUFFIXES, NIFTI_SUFFIX, BaseError, find_base_files
-from .patches import collate_examples, patch_center
+from .patches import batch_to_device, collate_examples, patch_center
 
 logger = logging.getLogger(__name__)
 
@@ -309,13 +309,7 @@ def mask_to_classes(mask: np.ndarray, mask_classes: Mapping[int, int] | None, fo
     mask = np.asarray(mask)
     if mask_classes is None:
         return np.where(mask > 0, foreground_class, 0).astype(np.uint8)
-    ids = np.rint(mask).astype(np.int64)
-    size = max(int(ids.max(initial=0)), max(mask_classes, default=0)) + 1
-    lookup = np.zeros(size, dtype=np.uint8)
-    for label_id, class_id in mask_classes.items():
-        if label_id > 0:
-            lookup[label_id] = class_id
-    return lookup[np.clip(ids, 0, size - 1)]
+    return relabel(mask, mask_classes)
 
 
 @dataclass
@@ -580,14 +574,6 @@ class FinetuneDataset(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------------------------
 
 
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: ({t: v.to(device) for t, v in value.items()} if isinstance(value, Mapping) else value.to(device))
-        for k, value in batch.items()
-        if k != "labels"
-    }
-
-
 def _mean(values: Sequence[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return float(np.mean(finite)) if finite else float("nan")
@@ -629,7 +615,7 @@ def _scan_outputs(model: torch.nn.Module, dataset: FinetuneDataset) -> list[Any]
     outputs = []
     for index in range(len(dataset.scans)):
         batch = collate_examples([dataset.evaluation_example(index)])
-        outputs.append(model(**_to_device(batch, device), return_dict=True))
+        outputs.append(model(**batch_to_device(batch, device, drop=("labels",)), return_dict=True))
     return outputs
 
 
@@ -701,7 +687,6 @@ __all__ = [
     "LabeledCase",
     "LabeledDataError",
     "LabeledScan",
-    "check_mask_matches_image",
     "class_names_of",
     "evaluate_classification",
     "evaluate_labeled",

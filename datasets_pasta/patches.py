@@ -236,8 +236,8 @@ def classification_examples(
             }
         )
     radius_vox = NEGATIVE_REGION_RADIUS_MM / scan.spacing_mm
+    organs = (scan.organ_map > 0) & (scan.lesion_mask == 0)
     for _ in range(num_negatives):
-        organs = (scan.organ_map > 0) & (scan.lesion_mask == 0)
         center = random_voxel(organs, rng)
         if center is None:
             break
@@ -379,14 +379,28 @@ def collate_examples(examples: Sequence[Mapping[str, Any]], pad_token_id: int | 
     return batch
 
 
+def batch_to_device(batch: Mapping[str, Any], device: torch.device, *, drop: Sequence[str] = ()) -> dict[str, Any]:
+    """The model inputs of a :func:`collate_examples` batch on ``device``: tensors and dicts of tensors
+    are moved, the bookkeeping lists (``epoch``, ``row``, ``case_id``) and the keys in ``drop`` are left out."""
+    inputs: dict[str, Any] = {}
+    for key, value in batch.items():
+        if key in drop:
+            continue
+        if isinstance(value, Mapping):
+            inputs[key] = {task: tensor.to(device) for task, tensor in value.items()}
+        elif isinstance(value, torch.Tensor):
+            inputs[key] = value.to(device)
+    return inputs
+
+
 __all__ = [
     "STAGES",
     "CorpusPatchStream",
     "LabeledGrid",
     "ModelGridScan",
+    "batch_to_device",
     "classification_examples",
     "collate_examples",
-    "crop_array",
     "examples_for_stage",
     "lesion_labels",
     "mim_examples",

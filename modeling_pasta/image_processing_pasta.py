@@ -100,7 +100,7 @@ class PastaImageProcessor(ImageProcessingMixin):
         size_divisor (`int`): spatial sizes the network accepts are multiples of it.
         sliding_window_overlap (`float`): overlap of neighbouring windows (fraction of the window).
         sliding_window_batch_size (`int`): windows per forward pass (the memory knob: activations
-            grow with it; on CPU, 4 windows of 48^3 in one pass take half the time per window of 1).
+            grow with it; on CPU a few windows per pass are faster per window than one at a time).
         sliding_window_mode (`str`): ``"gaussian"`` or ``"constant"`` blending.
     """
 
@@ -401,6 +401,20 @@ def crop_or_pad(array: ArrayT, center: Sequence[float], size: Sequence[int]) -> 
     return out
 
 
+def relabel(label_map: np.ndarray, id_to_class: Mapping[int, int]) -> np.ndarray:
+    """uint8 class ids from a label map's integer ids: ``id_to_class[id]``, 0 for ids not listed
+    (and for negative ids). Fractional values are rounded to the nearest id."""
+    ids = np.asarray(label_map)
+    if ids.dtype.kind == "f":
+        ids = np.rint(ids)
+    ids = ids.astype(np.int64)
+    lookup = np.zeros(max(int(ids.max(initial=0)), max(id_to_class, default=0)) + 1, dtype=np.uint8)
+    for label_id, class_id in id_to_class.items():
+        if label_id > 0:
+            lookup[label_id] = class_id
+    return lookup[np.clip(ids, 0, len(lookup) - 1)]
+
+
 def segmentation_targets(
     organ_map: np.ndarray,
     lesion_mask: np.ndarray | None,
@@ -419,16 +433,14 @@ def segmentation_targets(
         uint8 class ids: organs merged as ``config.segmentation_organs`` says, unlisted organs 0,
         lesions ``config.lesion_label_id`` on top.
     """
-    lookup = np.zeros(max(int(organ_map.max()), max(label_names, default=0)) + 1, dtype=np.uint8)
     name_to_class = {
         organ: config.label2id[class_name]
         for class_name, organs in config.segmentation_organs.items()
         for organ in organs
     }
-    for label_id, name in label_names.items():
-        if name in name_to_class and label_id < len(lookup):
-            lookup[label_id] = name_to_class[name]
-    targets = lookup[np.clip(organ_map, 0, len(lookup) - 1).astype(np.int64)]
+    targets = relabel(
+        organ_map, {label_id: name_to_class[name] for label_id, name in label_names.items() if name in name_to_class}
+    )
     if lesion_mask is not None:
         targets[np.asarray(lesion_mask) > 0] = config.lesion_label_id
     return targets
@@ -436,4 +448,4 @@ def segmentation_targets(
 
 PastaImageProcessor.register_for_auto_class("AutoImageProcessor")
 
-__all__ = ["PastaGeometry", "PastaImageProcessor", "crop_or_pad", "segmentation_targets"]
+__all__ = ["PastaGeometry", "PastaImageProcessor", "crop_or_pad", "relabel", "segmentation_targets"]

@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    checkpoints = load_checkpoints(args.model, sliding_window_overlap=args.sliding_window_overlap)
-    results = evaluate_on_corpus(checkpoints, args.corpus, limit=args.limit, progress=not args.no_progress)
+    pipeline = load_checkpoints(args.model, sliding_window_overlap=args.sliding_window_overlap)
+    results = evaluate_on_corpus(pipeline, args.corpus, limit=args.limit, progress=not args.no_progress)
+    results["checkpoint"] = args.model
     results["command"] = "python training/evaluate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.out:
         out = Path(args.out)

@@ -32,13 +32,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from datasets_pasta.corpus import load_corpus
 from datasets_pasta.patches import (
     STAGES,
     CorpusPatchStream,
+    batch_to_device,
     collate_examples,
     examples_for_stage,
     to_model_grid,
@@ -63,7 +63,6 @@ STAGE_MODELS = {
     "report": PastaForReportGeneration,
 }
 STATE_FILE = "trainer_state.json"
-BOOKKEEPING = ("epoch", "row", "case_id")
 RESULTS_FILE = "train_results.json"
 
 
@@ -211,19 +210,6 @@ def build_stream(
     )
 
 
-def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The batch without bookkeeping fields, on the device."""
-    inputs = {}
-    for key, value in batch.items():
-        if key in BOOKKEEPING:
-            continue
-        if isinstance(value, dict):
-            inputs[key] = {task: tensor.to(device) for task, tensor in value.items()}
-        else:
-            inputs[key] = value.to(device)
-    return inputs
-
-
 # --------------------------------------------------------------------------------------------
 # Resumable states
 # --------------------------------------------------------------------------------------------
@@ -342,7 +328,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.gradient_accumulation_steps):
             batch = next(batches)
             with accelerator.accumulate(model):
-                outputs = model(**model_inputs(batch, accelerator.device))
+                outputs = model(**batch_to_device(batch, accelerator.device))
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -405,12 +391,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.stage != "mim" and args.in_channels == 2:
-        logger.warning("PET/CT input: the corpus must have been generated with --pet")
     train(args)
     return 0
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     sys.exit(main())

@@ -8,7 +8,6 @@ import torch
 
 from datasets_pasta.patches import (
     CorpusPatchStream,
-    ModelGridScan,
     classification_examples,
     collate_examples,
     examples_for_stage,
