@@ -287,6 +287,80 @@ register(
 
 
 # --------------------------------------------------------------------------------------------
+# pasta predict
+# --------------------------------------------------------------------------------------------
+
+
+def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input",
+        metavar="INPUT",
+        help="a CT: NIfTI file, DICOM series folder or a zip of either; or a folder of such cases (batch)",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="OUT", help="output folder (batch: one sub-folder per case)"
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR",
+        help="PASTA checkpoint or pipeline folder (default: $PASTA_MODEL, else the shipped checkpoints/pasta-small)",
+    )
+    parser.add_argument(
+        "--allow-non-ct",
+        action="store_true",
+        help="process inputs that do not look like CT in HU (MRI, PET, label maps) with a warning instead of "
+        "refusing them",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="redo cases already finished in OUT")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+
+    results = predict(
+        args.input,
+        args.out,
+        args.model,
+        allow_non_ct=args.allow_non_ct,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        device=args.device,
+    )
+    failed = [r for r in results if r.error]
+    done = [r for r in results if not r.error and not r.skipped]
+    logger.info(
+        "%s: %d case(s) predicted, %d already done, %d failed",
+        args.out, len(done), sum(r.skipped for r in results), len(failed),
+    )
+    for result in failed:
+        sys.stderr.write(f"pasta predict: error: {result.input}: {' '.join(result.error.split())}\n")
+    return 1 if failed else 0
+
+
+def _predict_input_errors() -> tuple[type[BaseException], ...]:
+    from modeling_pasta.image_io import ImageReadError
+
+    return (ImageReadError, FileNotFoundError)
+
+
+register(
+    Subcommand(
+        name="predict",
+        help="segment lesions and organs and write a report for a CT (or a folder of CTs)",
+        description="Run the PASTA pipeline on a NIfTI file, a DICOM series (folder or zip) or a folder of "
+        "cases. Writes, in the input's own geometry, lesion_mask.nii.gz and organ_map.nii.gz (plus DICOM SEG "
+        "for DICOM input), report.json and report.txt, and lesions.csv. A batch re-run skips finished cases.",
+        add_arguments=_add_predict_arguments,
+        run=_run_predict,
+        input_errors=_predict_input_errors,
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 

@@ -22,11 +22,9 @@ from modeling_pasta.report import LESION_TYPES
 from .bases import HealthyBase, load_base_dir, resample_base
 from .phantom import make_phantom
 from .sample import CorpusSample, generate_sample
+from .views import WINDOWS, radiological_axial
 
 logger = logging.getLogger(__name__)
-
-#: Display windows (HU): (centre, width).
-WINDOWS = {"lung": (-600, 1500), "bone": (400, 1800), "soft": (40, 400)}
 
 
 def _window_for(lesion_type: str) -> tuple[float, float]:
@@ -35,13 +33,8 @@ def _window_for(lesion_type: str) -> tuple[float, float]:
     elif lesion_type == "bone_metastasis":
         centre, width = WINDOWS["bone"]
     else:
-        centre, width = WINDOWS["soft"]
+        centre, width = WINDOWS["soft tissue"]
     return centre - width / 2, centre + width / 2
-
-
-def radiological_axial(volume: np.ndarray, z: int) -> np.ndarray:
-    """Axial slice of a RAS-ordered volume as displayed by radiologists (right on the left, anterior up)."""
-    return volume[::-1, ::-1, z].T
 
 
 def choose_real_base(lesion_type: str, real_bases: Sequence[HealthyBase], min_organ_ml: float = 15.0) -> HealthyBase | None:

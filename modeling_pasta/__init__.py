@@ -21,6 +21,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "PastaConfig": ".configuration_pasta",
     "PastaTextConfig": ".configuration_pasta",
     "ImageReadError": ".image_io",
+    "NotCTError": ".image_io",
+    "check_ct": ".image_io",
     "Volume": ".image_io",
     "load_dicom_series": ".image_io",
     "load_image": ".image_io",

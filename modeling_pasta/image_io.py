@@ -37,6 +37,8 @@ class Volume:
     array: np.ndarray
     affine: np.ndarray
     source: str = "<array>"
+    #: For a DICOM series: its image files in the order of the array's last axis (else None).
+    dicom_files: tuple[str, ...] | None = None
 
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
@@ -71,6 +73,50 @@ def check_volume(array: np.ndarray, source: str, *, allow_nan: bool = False) -> 
                 f"{source}: {int(bad.sum())} voxel(s) are NaN or infinite; fill or crop them before use"
             )
     return array
+
+
+class NotCTError(ImageReadError):
+    """A readable volume that does not look like a CT in Hounsfield units (an MRI, PET or label map)."""
+
+
+#: A CT has air-density voxels (outside the body, lungs, bowel gas): at least this share below -500 HU.
+MIN_AIR_FRACTION = 0.001
+#: Label maps hold few distinct non-negative integers; CT in HU holds thousands.
+MAX_LABEL_MAP_VALUES = 256
+
+
+def check_ct(volume: Volume) -> None:
+    """Refuse a volume that is not a CT in HU, with the reason and the file in the message.
+
+    Two checks, both cheap: a label map (integer voxels, non-negative, at most
+    :data:`MAX_LABEL_MAP_VALUES` distinct values) is refused as a segmentation; a volume without
+    air-density voxels (less than :data:`MIN_AIR_FRACTION` below -500 HU; MRI signal and PET SUV
+    are non-negative) or with values far outside the HU scale is refused as not HU. A CT cropped
+    tightly inside soft tissue fails the second check too; callers offer an explicit override.
+
+    Raises:
+        NotCTError: naming ``volume.source`` and what was found.
+    """
+    array = volume.array
+    low, high = float(array.min()), float(array.max())
+    if np.issubdtype(array.dtype, np.integer) and low >= 0 and high < 2**16:
+        values = np.unique(array.ravel()[:: max(array.size // 2_000_000, 1)])  # a sample is enough to count
+        if values.size <= MAX_LABEL_MAP_VALUES:
+            raise NotCTError(
+                f"{volume.source}: looks like a label map, not a CT ({values.size} distinct integer values "
+                f"from {int(low)} to {int(high)}); pass the CT image, not its segmentation"
+            )
+    air = float(np.count_nonzero(array < -500)) / array.size
+    if air < MIN_AIR_FRACTION:
+        raise NotCTError(
+            f"{volume.source}: does not look like a CT in Hounsfield units: {100 * air:.2f} % of voxels below "
+            f"-500 HU (air), values from {low:g} to {high:g}; an MRI, PET or rescaled image? "
+            "CT intensities must be in HU"
+        )
+    if low < -10_000 or high > 40_000:
+        raise NotCTError(
+            f"{volume.source}: values from {low:g} to {high:g} are outside the Hounsfield scale; CT must be in HU"
+        )
 
 
 def check_label_map(image: Volume, labels: Volume, *, error: type[Exception] = ValueError, what: str = "label map") -> None:
@@ -247,7 +293,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 MISSING_SLICE_FACTOR = 1.5
 
 
-def _is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
     """True for files with the DICOM preamble ("DICM" at byte 128)."""
     try:
         with open(path, "rb") as handle:
@@ -271,7 +317,7 @@ def _dicom_files(path: Path) -> list[Path]:
         candidates = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     else:
         candidates = sorted(p for p in path.parent.iterdir() if p.is_file() and not p.name.startswith("."))
-    return [p for p in candidates if p.name.upper() != "DICOMDIR" and _is_dicom_file(p)]
+    return [p for p in candidates if p.name.upper() != "DICOMDIR" and is_dicom_file(p)]
 
 
 def load_dicom_series(path: str | Path, *, series_instance_uid: str | None = None) -> Volume:
@@ -399,7 +445,12 @@ def load_dicom_series(path: str | Path, *, series_instance_uid: str | None = Non
     affine_lps[:3, 2] = (positions[-1] - positions[0]) / (len(positions) - 1)
     affine_lps[:3, 3] = positions[0]
     array = check_volume(hu, source)
-    return Volume(array=array, affine=check_affine(LPS_TO_RAS @ affine_lps, source), source=source)
+    return Volume(
+        array=array,
+        affine=check_affine(LPS_TO_RAS @ affine_lps, source),
+        source=source,
+        dicom_files=tuple(str(f) for f, _ in members),
+    )
 
 
 def _extract_zip(archive: Path, destination: Path, max_bytes: int) -> None:
@@ -420,6 +471,25 @@ def _extract_zip(archive: Path, destination: Path, max_bytes: int) -> None:
             handle.extractall(root)
     except zipfile.BadZipFile as err:
         raise ImageReadError(f"{archive}: not a readable zip file ({err})") from err
+
+
+def unpack_zip(archive: str | Path, destination: str | Path, *, max_unzipped_bytes: int = 8 * 2**30) -> Path:
+    """Extract a zip of one CT into ``destination``; return the NIfTI file or the DICOM folder inside.
+
+    Raises:
+        ImageReadError: not a zip, unsafe member paths, more than ``max_unzipped_bytes`` unpacked,
+            several NIfTI files, or neither NIfTI nor DICOM inside; the message names the archive.
+    """
+    archive, destination = Path(archive), Path(destination)
+    _extract_zip(archive, destination, max_unzipped_bytes)
+    niftis = sorted(p for p in destination.rglob("*") if p.name.lower().endswith((".nii", ".nii.gz")))
+    if niftis and not _dicom_files(destination):
+        if len(niftis) > 1:
+            raise ImageReadError(f"{archive}: holds {len(niftis)} NIfTI files; zip one volume")
+        return niftis[0]
+    if not _dicom_files(destination):
+        raise ImageReadError(f"{archive}: holds neither a NIfTI file nor DICOM files")
+    return destination
 
 
 def load_image(
@@ -446,19 +516,14 @@ def load_image(
         return load_nifti(path)
     if name.endswith(".zip"):
         with tempfile.TemporaryDirectory(prefix="pasta-zip-") as tmp:
-            _extract_zip(path, Path(tmp), max_unzipped_bytes)
-            niftis = sorted(p for p in Path(tmp).rglob("*") if p.name.lower().endswith((".nii", ".nii.gz")))
+            inner = unpack_zip(path, tmp, max_unzipped_bytes=max_unzipped_bytes)
             try:
-                if niftis and not _dicom_files(Path(tmp)):
-                    if len(niftis) > 1:
-                        raise ImageReadError(f"holds {len(niftis)} NIfTI files; zip one volume")
-                    volume = load_nifti(niftis[0])
-                else:
-                    volume = load_dicom_series(Path(tmp), series_instance_uid=series_instance_uid)
+                volume = load_image(inner, series_instance_uid=series_instance_uid)
             except ImageReadError as err:
                 raise ImageReadError(f"{path}: {str(err).replace(tmp, '<zip>')}") from err
         volume.source = str(path)
+        volume.dicom_files = None  # they lived in the temporary folder
         return volume
-    if _is_dicom_file(path):
+    if is_dicom_file(path):
         return load_dicom_series(path, series_instance_uid=series_instance_uid)
     raise ImageReadError(f"{path}: unknown format; pass a NIfTI (.nii/.nii.gz), a DICOM file or folder, or a zip")

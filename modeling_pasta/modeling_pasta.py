@@ -199,7 +199,13 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
 def soft_dice_loss(
     logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, smooth: float = 1e-5
 ) -> torch.Tensor:
-    """1 - mean soft Dice over the foreground classes, computed over the whole batch (nnU-Net style)."""
+    """1 - mean soft Dice over the foreground classes present in the batch, computed over the whole batch.
+
+    Dice is pooled over the batch as in nnU-Net's batch Dice. Classes absent from every patch are left
+    out of the mean: their Dice is ~0 whatever the prediction (no true positives to find), so with many
+    organ classes they would flatten the loss and dilute the gradient of the small lesion class; the
+    cross-entropy term still pushes their probabilities down. A batch with no foreground at all gives 0.
+    """
     probs = logits.float().softmax(dim=1)[:, 1:]
     one_hot = F.one_hot(labels.clamp_min(0), logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
     valid = valid[:, None].to(probs.dtype)
@@ -208,7 +214,10 @@ def soft_dice_loss(
     fp = (probs * (1 - one_hot) * valid).sum(dims)
     fn = ((1 - probs) * one_hot * valid).sum(dims)
     dice = (2 * tp + smooth) / (2 * tp + fp + fn + smooth)
-    return 1 - dice.mean()
+    present = (one_hot * valid).sum(dims) > 0
+    if not bool(present.any()):
+        return logits.sum() * 0.0
+    return 1 - dice[present].mean()
 
 
 # --------------------------------------------------------------------------------------------

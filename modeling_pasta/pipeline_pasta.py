@@ -37,7 +37,15 @@ from .modeling_pasta import (
     PastaForSegmentation,
     PastaPreTrainedModel,
 )
-from .report import LESION_TYPES, SCHEMA_VERSION, StructuredReport, measure_lesion, render_impression, validate_report
+from .report import (
+    LESION_TYPES,
+    SCHEMA_VERSION,
+    OrganStatistics,
+    StructuredReport,
+    measure_lesion,
+    render_impression,
+    validate_report,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -117,7 +125,7 @@ class PastaPrediction:
             written["report"] = folder / "report.json"
             written["report"].write_text(self.report.to_json(indent=1))
         if self.report_text is not None:
-            written["report_text"] = folder / "report.txt"
+            written["report_text"] = folder / "generated_report.txt"
             written["report_text"].write_text(self.report_text + "\n")
         return written
 
@@ -265,8 +273,12 @@ class PastaPipeline:
         _fill_from_nearest_organ(organ_map, components, count)
         organ_labels = {i: n for i, n in config.id2label.items() if i not in (0, lesion_id)}
         prediction.lesion_mask, prediction.organ_map, prediction.organ_labels = lesion_mask, organ_map, organ_labels
+        statistics = OrganStatistics(volume.array, organ_map, volume.affine) if kept else None
         for lesion_id in range(1, len(kept) + 1):
-            measured = measure_lesion(volume.array, lesion_mask == lesion_id, organ_map, volume.affine, organ_labels)
+            measured = measure_lesion(
+                volume.array, lesion_mask == lesion_id, organ_map, volume.affine, organ_labels,
+                organ_statistics=statistics,
+            )
             prediction.lesions.append(
                 LesionFinding(
                     id=lesion_id,

@@ -382,16 +382,6 @@ def _host_label(
     return max(in_group)[1]
 
 
-def _nearest_label(organ_map: np.ndarray, centroid_vox: np.ndarray) -> int | None:
-    """The organ label nearest to a voxel position (for lesions outside every organ)."""
-    labelled = organ_map != 0
-    if not labelled.any():
-        return None
-    _, (ii, jj, kk) = ndimage.distance_transform_edt(~labelled, return_indices=True)
-    c = tuple(np.clip(np.round(centroid_vox).astype(int), 0, np.array(organ_map.shape) - 1))
-    return int(organ_map[ii[c], jj[c], kk[c]])
-
-
 def _fraction(value: float, lo: float, hi: float) -> float:
     return 0.5 if hi <= lo else float(np.clip((value - lo) / (hi - lo), 0.0, 1.0))
 
@@ -451,6 +441,57 @@ def _sub_location(organ_label: str, rel: np.ndarray) -> str:
     return readable_organ(organ_label)
 
 
+class OrganStatistics:
+    """Per-organ quantities that :func:`measure_lesion` needs, computed once per scan.
+
+    Measuring many lesions of one scan (a model's prediction) would otherwise rescan the whole
+    volume for every lesion: the host organ's mean HU, its extent, and the nearest organ of a
+    lesion outside every organ. Results are identical with and without it.
+    """
+
+    def __init__(self, ct_hu: np.ndarray, organ_map: np.ndarray, affine: np.ndarray):
+        self.ct_hu, self.organ_map, self.affine = ct_hu, organ_map, np.asarray(affine, dtype=float)
+        labels = organ_map.astype(np.int64, copy=False).ravel()
+        self.count = np.bincount(labels)
+        self.hu_sum = np.bincount(labels, weights=ct_hu.astype(np.float64, copy=False).ravel())
+        self._boxes = ndimage.find_objects(organ_map.astype(np.int64, copy=False))
+        self._extents: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
+        self._nearest: tuple[np.ndarray, ...] | None = None
+
+    def mean_hu_without(self, label: int, lesion_mask: np.ndarray) -> float | None:
+        """Mean HU of organ ``label`` outside ``lesion_mask`` (None when nothing is left)."""
+        if label >= len(self.count):
+            return None
+        inside = lesion_mask & (self.organ_map == label)
+        count = int(self.count[label]) - int(inside.sum())
+        if count <= 0:
+            return None
+        return float((self.hu_sum[label] - self.ct_hu[inside].astype(np.float64).sum()) / count)
+
+    def world_extent(self, label: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(min, max) RAS+ mm over the centres of organ ``label``'s voxels, or None."""
+        if label not in self._extents:
+            box = self._boxes[label - 1] if 0 < label <= len(self._boxes) else None
+            extent = None
+            if box is not None:
+                voxels = np.argwhere(self.organ_map[box] == label) + [b.start for b in box]
+                world = voxels @ self.affine[:3, :3].T + self.affine[:3, 3]
+                extent = (world.min(axis=0), world.max(axis=0))
+            self._extents[label] = extent
+        return self._extents[label]
+
+    def nearest_label(self, centroid_vox: np.ndarray) -> int | None:
+        """The organ label nearest to a voxel position (for lesions outside every organ)."""
+        labelled = self.organ_map != 0
+        if self._nearest is None:
+            if not labelled.any():
+                return None
+            self._nearest = ndimage.distance_transform_edt(~labelled, return_distances=False, return_indices=True)
+        c = tuple(np.clip(np.round(centroid_vox).astype(int), 0, np.array(self.organ_map.shape) - 1))
+        ii, jj, kk = self._nearest
+        return int(self.organ_map[ii[c], jj[c], kk[c]])
+
+
 def measure_lesion(
     ct_hu: np.ndarray,
     lesion_mask: np.ndarray,
@@ -458,6 +499,7 @@ def measure_lesion(
     affine: np.ndarray,
     label_names: Mapping[int, str],
     host_organ: str | None = None,
+    organ_statistics: OrganStatistics | None = None,
 ) -> LesionMeasurement:
     """Measure one lesion's report fields from the final voxels.
 
@@ -469,6 +511,8 @@ def measure_lesion(
         label_names: organ label id -> name (e.g. :data:`TOTALSEGMENTATOR_TOTAL`).
         host_organ: optional organ group (or label name) the lesion belongs to; by default the
             organ group the lesion overlaps most.
+        organ_statistics: :class:`OrganStatistics` of these ``ct_hu`` / ``organ_map`` / ``affine``,
+            shared when measuring several lesions of one scan (faster, same results).
 
     Returns:
         The measured fields. ``organ`` is the host's group key (``"kidney"``), ``organ_label``
@@ -489,6 +533,7 @@ def measure_lesion(
         raise ValueError("the lesion mask is empty")
     affine = np.asarray(affine, dtype=float)
     spacing = voxel_spacing(affine)
+    stats = organ_statistics if organ_statistics is not None else OrganStatistics(ct_hu, organ_map, affine)
 
     lo = np.maximum(voxels.min(axis=0) - 2, 0)
     hi = np.minimum(voxels.max(axis=0) + 3, lesion_mask.shape)
@@ -499,7 +544,7 @@ def measure_lesion(
     host = _host_label(lesion_crop, organs_crop, label_names, host_organ)
     centroid_vox = voxels.mean(axis=0)
     if host is None:
-        host = _nearest_label(organ_map, centroid_vox)
+        host = stats.nearest_label(centroid_vox)
     host_name = label_names.get(host, f"label_{host}") if host is not None else "unknown"
     host_group = organ_group(host_name) or host_name
 
@@ -507,9 +552,8 @@ def measure_lesion(
     organ_mean = None
     density = "isodense"
     if host is not None:
-        organ_voxels = (organ_map == host) & ~lesion_mask
-        if organ_voxels.any():
-            organ_mean = float(ct_hu[organ_voxels].mean())
+        organ_mean = stats.mean_hu_without(host, lesion_mask)
+        if organ_mean is not None:
             diff = mean_hu - organ_mean
             density = "isodense" if abs(diff) <= ISODENSE_HU else ("hyperdense" if diff > 0 else "hypodense")
 
@@ -531,10 +575,9 @@ def measure_lesion(
     location = readable_organ(host_name)
     if host is not None:
         # The lobe / side / level comes from the host label, the relative position from its extent.
-        organ_vox = np.argwhere(organ_map == host)
-        if len(organ_vox):
-            world = organ_vox @ affine[:3, :3].T + affine[:3, 3]
-            wmin, wmax = world.min(axis=0), world.max(axis=0)
+        extent = stats.world_extent(host)
+        if extent is not None:
+            wmin, wmax = extent
             # Relative position: 0 = patient's right (+x end), posterior (-y), inferior (-z).
             rel = np.array(
                 [

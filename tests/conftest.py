@@ -39,3 +39,32 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def real_ct_dir(real_data: Path) -> Path:
     return real_data / "ct"
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> Path:
+    """A tiny real pipeline folder (segmentation + classification), saved like the shipped checkpoint.
+
+    The segmenter has hand-set weights that call bone-bright voxels "lesion" (see
+    :func:`pasta_testing.bright_lesion_segmenter`), so outputs are deterministic and land on
+    known anatomy; the classifier is randomly initialised. 8 mm model grid: fast on CPU.
+    """
+    import torch
+    from pasta_testing import bright_lesion_segmenter, tiny_config
+
+    from modeling_pasta.image_processing_pasta import PastaImageProcessor
+    from modeling_pasta.modeling_pasta import PastaForClassification
+    from modeling_pasta.pipeline_pasta import PastaPipeline
+
+    torch.manual_seed(0)
+    config = tiny_config(target_spacing_mm=[8.0, 8.0, 8.0])
+    processor = PastaImageProcessor.from_model_config(config, sliding_window_batch_size=16, sliding_window_overlap=0.25)
+    pipeline = PastaPipeline(
+        segmentation_model=bright_lesion_segmenter(config, threshold=2.5),
+        segmentation_processor=processor,
+        classification_model=PastaForClassification(config),
+        device="cpu",
+    )
+    folder = tmp_path_factory.mktemp("model") / "pasta-tiny"
+    pipeline.save_pretrained(folder)
+    return folder

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datasets_pasta.gallery import radiological_axial, render_gallery
+from datasets_pasta.gallery import render_gallery
+from datasets_pasta.views import radiological_axial
 
 
 def test_radiological_axial_puts_patient_right_on_the_left_and_anterior_up():
