@@ -177,12 +177,11 @@ def _write_report(scan, model, processor, tokenizer) -> str:
 
 
 def _rows(corpora: Sequence[tuple[str, str]], limit: int | None) -> Iterable[dict[str, Any]]:
-    count = 0
+    """The rows of each corpus split in turn, the first ``limit`` of each."""
     for path, split in corpora:
-        for row in load_corpus(path, split, decode=False):
+        for count, row in enumerate(load_corpus(path, split, decode=False)):
             if limit is not None and count >= limit:
-                return
-            count += 1
+                break
             yield row
 
 

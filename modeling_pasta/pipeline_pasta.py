@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.utils import logging
 
 from .image_io import Volume, save_nifti
@@ -211,7 +211,8 @@ class PastaPipeline:
             if (folder / "preprocessor_config.json").is_file():
                 arguments[f"{name}_processor"] = PastaImageProcessor.from_pretrained(folder)
             if part == "report_generation":
-                arguments["tokenizer"] = AutoTokenizer.from_pretrained(folder)
+                # the plain fast tokenizer class: AutoTokenizer would consult the remote-code config first
+                arguments["tokenizer"] = PreTrainedTokenizerFast.from_pretrained(folder)
         arguments.update(kwargs)
         return cls(**arguments)
 

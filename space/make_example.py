@@ -27,10 +27,22 @@ CROP_HALF_MM = (110.0, 90.0, 70.0)
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def make_example(out: Path, *, seed: int = 100, lesion_type: str = "liver_cancer") -> Path:
-    """Write ``<out>/phantom_<lesion_type>.nii.gz`` (+ ``_lesion.nii.gz``, ``_report.json``); return the CT path."""
+def make_example(out: Path, *, seed: int = 100, lesion_type: str = "liver_cancer", max_tries: int = 50) -> Path:
+    """Write ``<out>/phantom_<lesion_type>.nii.gz`` (+ ``_lesion.nii.gz``, ``_report.json``); return the CT path.
+
+    The phantom patient is anatomy seed ``seed``; lesion seeds ``seed``, ``seed + 1``, ... are tried
+    until the lesion is visible (not isodense to its organ), since a demo of an invisible lesion shows nothing.
+    """
     base = make_phantom(spacing_mm=2.0, seed=seed, phase="venous")
-    sample = generate_sample(base, [lesion_type], seed=seed, case_id=f"example-{lesion_type}", size_class="medium")
+    for lesion_seed in range(seed, seed + max_tries):
+        sample = generate_sample(
+            base, [lesion_type], seed=lesion_seed, case_id=f"example-{lesion_type}", size_class="medium"
+        )
+        if sample.report.lesions[0].density != "isodense":
+            break
+        logger.info("lesion seed %d gives an isodense lesion; trying the next", lesion_seed)
+    else:
+        raise RuntimeError(f"no visible {lesion_type} in {max_tries} lesion seeds from {seed}")
     mask = sample.lesion_mask > 0
     centre = np.argwhere(mask).mean(axis=0)
     spacing = np.sqrt((sample.affine[:3, :3] ** 2).sum(axis=0))
@@ -51,14 +63,20 @@ def make_example(out: Path, *, seed: int = 100, lesion_type: str = "liver_cancer
     ct_path = save_nifti(sample.ct_hu[box][::-1, ::-1].astype(np.int16), lps_affine, out / f"{stem}.nii.gz")
     save_nifti(sample.lesion_mask[box][::-1, ::-1].astype(np.uint8), lps_affine, out / f"{stem}_lesion.nii.gz")
     (out / f"{stem}_report.json").write_text(sample.report.to_json(indent=1))
-    logger.info("%s: %s voxels, lesion %s", ct_path, tuple(int(s) for s in shape), sample.report.lesions[0].size_mm)
+    lesion = sample.report.lesions[0]
+    logger.info(
+        "%s: %s voxels, lesion seed %d, %s mm, %s (%.0f HU)",
+        ct_path, tuple(int(s) for s in shape), lesion_seed, lesion.size_mm, lesion.density, lesion.mean_hu,
+    )
     return ct_path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "examples")
-    parser.add_argument("--seed", type=int, default=100, help="phantom anatomy and lesion seed (default: 100)")
+    parser.add_argument(
+        "--seed", type=int, default=100, help="phantom anatomy seed and first lesion seed (default: 100, held out)"
+    )
     parser.add_argument("--lesion-type", default="liver_cancer")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="corpus folder or Hub repo id and split (default split: test); repeat to pool several",
     )
     parser.add_argument("--out", default=None, help="write the results (overall, per type, per scan) as JSON here")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N scans")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N scans of each corpus split")
     parser.add_argument(
         "--sliding-window-overlap", type=float, default=None, help="override the processor's window overlap"
     )

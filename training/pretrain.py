@@ -159,18 +159,18 @@ def build_model(args: argparse.Namespace, config: PastaConfig) -> torch.nn.Modul
 
 def report_tokenizer(args: argparse.Namespace, output_dir: Path, accelerator) -> Any:
     """The init checkpoint's tokenizer, or one trained (by the main process) on the split's report texts."""
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
     for folder in (output_dir / "tokenizer", Path(args.init_from) if args.init_from else None):
         if folder is not None and (folder / "tokenizer.json").is_file():
-            return AutoTokenizer.from_pretrained(folder)
+            return PreTrainedTokenizerFast.from_pretrained(folder)
     if accelerator.is_main_process:
         texts = load_corpus(args.corpus, args.split, decode=False).select_columns(["report_text"])
         tokenizer = train_report_tokenizer((row["report_text"] for row in texts), vocab_size=args.vocab_size)
         tokenizer.save_pretrained(output_dir / "tokenizer")
         logger.info("trained a report tokenizer with %d tokens on split %r", len(tokenizer), args.split)
     accelerator.wait_for_everyone()
-    return AutoTokenizer.from_pretrained(output_dir / "tokenizer")
+    return PreTrainedTokenizerFast.from_pretrained(output_dir / "tokenizer")
 
 
 # --------------------------------------------------------------------------------------------

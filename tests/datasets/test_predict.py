@@ -17,6 +17,9 @@ from datasets_pasta.predict import find_cases, predict
 from modeling_pasta.image_io import ImageReadError, NotCTError, load_image
 from modeling_pasta.report import validate_report
 
+#: Lesion Dice the shipped checkpoint reaches at least on the bundled example (measured: see the model card).
+MIN_EXAMPLE_DICE = 0.02
+
 
 
 def _lps_copy(path, out):
@@ -29,14 +32,19 @@ def _lps_copy(path, out):
     return out
 
 
-def _check_overlay(case_folder, ct_path):
-    """The masks share the CT's grid and affine, and lesion voxels sit on bright CT voxels."""
+def _check_geometry(case_folder, ct_path):
+    """The masks share the CT's grid and affine."""
     ct = nib.load(ct_path)
     lesion = nib.load(case_folder / "lesion_mask.nii.gz")
-    organs = nib.load(case_folder / "organ_map.nii.gz")
-    for image in (lesion, organs):
+    for image in (lesion, nib.load(case_folder / "organ_map.nii.gz")):
         assert image.shape == ct.shape
         np.testing.assert_allclose(image.affine, ct.affine, atol=1e-4)
+    return ct, lesion
+
+
+def _check_overlay(case_folder, ct_path):
+    """The masks share the CT's grid and affine, and lesion voxels sit on bright CT voxels."""
+    ct, lesion = _check_geometry(case_folder, ct_path)
     mask = np.asarray(lesion.dataobj) > 0
     hu = np.asarray(ct.dataobj)
     assert mask.any()
@@ -161,3 +169,22 @@ def test_empty_batch_folder_is_an_error(tmp_path):
     (tmp_path / "notes.txt").write_text("nothing here")
     with pytest.raises(ImageReadError, match="no NIfTI file, zip or DICOM series"):
         find_cases(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_shipped_checkpoint_runs_on_the_bundled_example(tmp_path):
+    """The README's main command: the default model on the Space's example, end to end."""
+    from datasets_pasta.predict import SHIPPED_MODEL
+
+    if not SHIPPED_MODEL.is_dir():
+        pytest.skip(f"{SHIPPED_MODEL} is not there (a checkout without the shipped checkpoint)")
+    example = SHIPPED_MODEL.parents[1] / "space" / "examples" / "phantom_liver_cancer.nii.gz"
+    (result,) = predict(example, tmp_path / "out", progress=False)
+    _check_geometry(tmp_path / "out", example)
+    report = validate_report(json.loads(result.files["report"].read_text()))
+    assert result.files["report_text"].read_text().strip()  # the text decoder wrote something
+    reference = np.asarray(nib.load(example.with_name("phantom_liver_cancer_lesion.nii.gz")).dataobj) > 0
+    predicted = np.asarray(nib.load(result.files["lesion_mask"]).dataobj) > 0
+    dice = 2 * (reference & predicted).sum() / max(reference.sum() + predicted.sum(), 1)
+    assert dice > MIN_EXAMPLE_DICE, f"lesion Dice {dice:.3f} on the bundled example"
+    assert report.lesions and any(lesion.organ == "liver" for lesion in report.lesions)
