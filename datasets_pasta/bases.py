@@ -31,7 +31,7 @@ from modeling_pasta.image_io import (
     to_canonical,
 )
 from modeling_pasta.organs import ORGAN_GROUPS, TOTALSEGMENTATOR_TOTAL, load_label_names, name_to_id
-from modeling_pasta.report import PHASES
+from modeling_pasta.report import PHASES, voxel_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class HealthyBase:
 
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
-        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+        return tuple(float(s) for s in voxel_spacing(self.affine))
 
     def present_organs(self) -> list[str]:
         """Names of the organ labels with at least one voxel."""

@@ -30,6 +30,7 @@ import torch
 from modeling_pasta.image_io import Volume
 from modeling_pasta.image_processing_pasta import PastaImageProcessor, crop_or_pad, segmentation_targets
 from modeling_pasta.organs import TOTALSEGMENTATOR_TOTAL
+from modeling_pasta.report import voxel_spacing
 
 from .corpus import decode_sample
 from .sample import CorpusSample
@@ -63,7 +64,7 @@ class ModelGridScan:
 
     @property
     def spacing_mm(self) -> np.ndarray:
-        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        return voxel_spacing(self.affine)
 
 
 class LabeledGrid(Protocol):

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from modeling_pasta.image_io import ImageReadError, Volume, check_ct, is_dicom_file, load_image, unpack_zip
+from modeling_pasta.image_io import ImageReadError, Volume, check_ct, is_dicom_file, load_image, load_zip
 
 logger = logging.getLogger(__name__)
 
@@ -190,42 +190,56 @@ def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-_WARNED: set[str] = set()
+def read_seg_sources(volume: Volume) -> list:
+    """The source datasets a DICOM SEG of ``volume`` references, in ``volume.dicom_files`` order.
 
+    UIDs that de-identification emptied are filled in memory (the files are not touched): SOP Class /
+    Instance UIDs from the file meta, Study / Series UIDs derived from the frame of reference (with
+    one warning per series).
 
-def _referencable(dataset, path: str):
-    """The dataset with the UIDs a DICOM SEG references, filled in memory where de-identification emptied
-    them: SOP Class / Instance UIDs from the file meta, Study / Series UIDs derived from the frame of reference."""
+    Raises:
+        ValueError: not read from DICOM files, or a slice without SOP UIDs or frame of reference.
+    """
+    import pydicom
     from pydicom.uid import generate_uid
 
-    meta = getattr(dataset, "file_meta", None)
-    for name, meta_name in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
-        if not str(dataset.get(name, "") or ""):
-            value = str(meta.get(meta_name, "") or "") if meta is not None else ""
-            if not value:
-                raise ValueError(f"{path}: no {name} in the header or file meta; a DICOM SEG cannot reference it")
-            setattr(dataset, name, value)
-    frame_of_reference = str(dataset.get("FrameOfReferenceUID", "") or "")
-    if not frame_of_reference:
-        raise ValueError(f"{path}: no FrameOfReferenceUID; a DICOM SEG cannot be placed on this series")
-    for name in ("StudyInstanceUID", "SeriesInstanceUID"):
-        if not str(dataset.get(name, "") or ""):
-            # De-identified series sometimes blank these; derive a stable stand-in from the frame of reference.
-            setattr(dataset, name, generate_uid(entropy_srcs=[frame_of_reference, name]))
-            if name not in _WARNED:
-                _WARNED.add(name)
-                logger.warning(
-                    "%s: the series has no %s (de-identified?); the DICOM SEG references a derived one, so a "
-                    "viewer may not link it to the series by itself (the NIfTI masks are unaffected)",
-                    path, name,
-                )
-    return dataset
+    if volume.dicom_files is None:
+        raise ValueError(f"{volume.source}: not read from DICOM files; a DICOM SEG needs the source series")
+    sources, derived = [], set()
+    for path in volume.dicom_files:
+        dataset = pydicom.dcmread(path)
+        meta = getattr(dataset, "file_meta", None)
+        for name, meta_name in (
+            ("SOPClassUID", "MediaStorageSOPClassUID"),
+            ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+        ):
+            if not str(dataset.get(name, "") or ""):
+                value = str(meta.get(meta_name, "") or "") if meta is not None else ""
+                if not value:
+                    raise ValueError(f"{path}: no {name} in the header or file meta; a DICOM SEG cannot reference it")
+                setattr(dataset, name, value)
+        frame_of_reference = str(dataset.get("FrameOfReferenceUID", "") or "")
+        if not frame_of_reference:
+            raise ValueError(f"{path}: no FrameOfReferenceUID; a DICOM SEG cannot be placed on this series")
+        for name in ("StudyInstanceUID", "SeriesInstanceUID"):
+            if not str(dataset.get(name, "") or ""):
+                # De-identified series sometimes blank these; derive a stable stand-in from the frame of reference.
+                setattr(dataset, name, generate_uid(entropy_srcs=[frame_of_reference, name]))
+                derived.add(name)
+        sources.append(dataset)
+    if derived:
+        logger.warning(
+            "%s: the series has no %s (de-identified?); the DICOM SEG references derived ones, so a viewer may "
+            "not link it to the series by itself (the NIfTI masks are unaffected)",
+            volume.source, " or ".join(sorted(derived)),
+        )
+    return sources
 
 
 def write_dicom_seg(
     label_map: np.ndarray,
     segment_names: dict[int, str],
-    volume: Volume,
+    sources: Sequence,
     path: str | Path,
     *,
     lesions: bool,
@@ -234,19 +248,16 @@ def write_dicom_seg(
     """Write a label map on a DICOM series' grid as a DICOM SEG (binary, one segment per label).
 
     ``label_map`` has the array layout of :func:`~modeling_pasta.image_io.load_dicom_series`
-    (columns, rows, slices in ``volume.dicom_files`` order). Labels absent from the map are left
-    out; with none present nothing is written and None is returned.
+    (columns, rows, slices); ``sources`` are the series' datasets in slice order
+    (:func:`read_seg_sources`). Labels absent from the map are left out; with none present nothing
+    is written and None is returned.
     """
     import highdicom as hd
-    import pydicom
     from pydicom.sr.codedict import codes
 
-    if volume.dicom_files is None:
-        raise ValueError(f"{volume.source}: not read from DICOM files; a DICOM SEG needs the source series")
     present = [int(v) for v in np.unique(label_map) if v != 0 and int(v) in segment_names]
     if not present:
         return None
-    sources = [_referencable(pydicom.dcmread(f), f) for f in volume.dicom_files]
     renumber = np.zeros(int(label_map.max()) + 1, dtype=np.uint16)
     renumber[present] = np.arange(1, len(present) + 1)
     frames = renumber[label_map].transpose(2, 1, 0)  # (slices, rows, columns), slices in file order
@@ -295,19 +306,18 @@ def _predict_volume(pipeline, volume: Volume, folder: Path) -> tuple[Any, dict[s
         files["report_summary"] = folder / "report.txt"
         files["report_summary"].write_text(render_report_text(prediction.report, np.random.default_rng(0)) + "\n")
     if volume.dicom_files is not None and prediction.lesion_mask is not None:
+        sources = read_seg_sources(volume)
         lesion_names = {row["id"]: f"lesion {row['id']} {row['type']}".strip() for row in rows}
-        written = write_dicom_seg(
-            prediction.lesion_mask, lesion_names, volume, folder / "lesions_seg.dcm",
-            lesions=True, series_description="PASTA lesions",
-        )
-        if written is not None:
-            files["lesions_seg"] = written
-        organs = write_dicom_seg(
-            prediction.organ_map, prediction.organ_labels, volume, folder / "organs_seg.dcm",
-            lesions=False, series_description="PASTA organs",
-        )
-        if organs is not None:
-            files["organs_seg"] = organs
+        for kind, label_map, names, lesions in (
+            ("lesions_seg", prediction.lesion_mask, lesion_names, True),
+            ("organs_seg", prediction.organ_map, prediction.organ_labels, False),
+        ):
+            written = write_dicom_seg(
+                label_map, names, sources, folder / f"{kind}.dcm",
+                lesions=lesions, series_description=f"PASTA {kind.split('_')[0]}",
+            )
+            if written is not None:
+                files[kind] = written
     return prediction, files, rows
 
 
@@ -328,14 +338,9 @@ def predict_case(
     input_path, folder = Path(input_path), Path(folder)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pasta-predict-") as tmp:
-        source = unpack_zip(input_path, tmp) if input_path.name.lower().endswith(".zip") else input_path
-        try:
-            volume = load_image(source)
-        except ImageReadError as err:
-            if source == input_path:
-                raise
-            raise ImageReadError(f"{input_path}: {str(err).replace(tmp, '<zip>')}") from err
-        volume.source = str(input_path)
+        # a zip is unpacked here, not by load_image, so a DICOM SEG can still reference its slices
+        zipped = input_path.is_file() and input_path.name.lower().endswith(".zip")
+        volume = load_zip(input_path, tmp) if zipped else load_image(input_path)
         if allow_non_ct:
             try:
                 check_ct(volume)

@@ -26,6 +26,7 @@ from modeling_pasta.report import (
     measure_lesion,
     render_impression,
     validate_report,
+    voxel_spacing,
 )
 
 from .bases import HealthyBase
@@ -60,7 +61,7 @@ class CorpusSample:
 
     @property
     def spacing_mm(self) -> list[float]:
-        return [float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))]
+        return [float(s) for s in voxel_spacing(self.affine)]
 
 
 def generate_sample(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from modeling_pasta.image_io import to_canonical
+from modeling_pasta.report import voxel_spacing
 
 #: Display windows in HU: name -> (centre, width).
 WINDOWS: dict[str, tuple[float, float]] = {"soft tissue": (40, 400), "lung": (-600, 1500), "bone": (400, 1800)}
@@ -55,6 +56,10 @@ def organ_palette(labels: int = 256, seed: int = 7) -> np.ndarray:
     return palette
 
 
+#: The palette every view uses (computed once: views are re-rendered on each slider move).
+ORGAN_PALETTE = organ_palette()
+
+
 @dataclass
 class CaseViews:
     """A CT and its masks in canonical RAS+ order, ready to render.
@@ -81,7 +86,7 @@ class CaseViews:
     ) -> "CaseViews":
         """Views of arrays on one grid with the given voxel -> RAS+ affine (any orientation)."""
         canonical, canonical_affine, _ = to_canonical(np.asarray(ct_hu), np.asarray(affine))
-        spacing = tuple(float(s) for s in np.sqrt((canonical_affine[:3, :3] ** 2).sum(axis=0)))
+        spacing = tuple(float(s) for s in voxel_spacing(canonical_affine))
 
         def reorient(mask):
             if mask is None:
@@ -135,8 +140,8 @@ class CaseViews:
         if organs and self.organ_map is not None:
             organ = radiological_slice(self.organ_map, plane, index).astype(np.int64)
             inside = organ > 0
-            palette = organ_palette()
-            rgb[inside] = (1 - ORGAN_ALPHA) * rgb[inside] + ORGAN_ALPHA * palette[organ[inside] % len(palette)]
+            colours = ORGAN_PALETTE[organ[inside] % len(ORGAN_PALETTE)]
+            rgb[inside] = (1 - ORGAN_ALPHA) * rgb[inside] + ORGAN_ALPHA * colours
         if lesions and self.lesion_mask is not None:
             lesion = radiological_slice(self.lesion_mask, plane, index) > 0
             rgb[lesion] = (1 - LESION_ALPHA) * rgb[lesion] + LESION_ALPHA * LESION_RGB

@@ -19,6 +19,8 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations
 
+from .report import voxel_spacing
+
 
 class ImageReadError(ValueError):
     """An input volume that cannot be used; the message names the file and the problem."""
@@ -42,7 +44,7 @@ class Volume:
 
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
-        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+        return tuple(float(s) for s in voxel_spacing(self.affine))
 
     @property
     def orientation(self) -> str:
@@ -248,7 +250,7 @@ def resample_to_spacing(
     from monai.transforms import Spacing
 
     spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,))
-    current = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    current = voxel_spacing(affine)
     if np.allclose(current, spacing, rtol=1e-4, atol=1e-4):
         return array, np.asarray(affine, dtype=np.float64)
     transform = Spacing(
@@ -473,23 +475,39 @@ def _extract_zip(archive: Path, destination: Path, max_bytes: int) -> None:
         raise ImageReadError(f"{archive}: not a readable zip file ({err})") from err
 
 
-def unpack_zip(archive: str | Path, destination: str | Path, *, max_unzipped_bytes: int = 8 * 2**30) -> Path:
-    """Extract a zip of one CT into ``destination``; return the NIfTI file or the DICOM folder inside.
+def load_zip(
+    archive: str | Path,
+    destination: str | Path,
+    *,
+    series_instance_uid: str | None = None,
+    max_unzipped_bytes: int = 8 * 2**30,
+) -> Volume:
+    """Read the CT in a zip (one NIfTI file or one DICOM series), unpacked into ``destination``.
+
+    The caller owns ``destination``: while it exists, a DICOM volume's ``dicom_files`` point at the
+    unpacked slices (a DICOM SEG needs them). Errors name the archive, not the unpacked paths.
 
     Raises:
         ImageReadError: not a zip, unsafe member paths, more than ``max_unzipped_bytes`` unpacked,
-            several NIfTI files, or neither NIfTI nor DICOM inside; the message names the archive.
+            several NIfTI files, neither NIfTI nor DICOM inside, or an unreadable volume.
     """
     archive, destination = Path(archive), Path(destination)
     _extract_zip(archive, destination, max_unzipped_bytes)
     niftis = sorted(p for p in destination.rglob("*") if p.name.lower().endswith((".nii", ".nii.gz")))
-    if niftis and not _dicom_files(destination):
-        if len(niftis) > 1:
-            raise ImageReadError(f"{archive}: holds {len(niftis)} NIfTI files; zip one volume")
-        return niftis[0]
-    if not _dicom_files(destination):
+    dicom = bool(_dicom_files(destination))
+    if niftis and not dicom and len(niftis) > 1:
+        raise ImageReadError(f"{archive}: holds {len(niftis)} NIfTI files; zip one volume")
+    if not niftis and not dicom:
         raise ImageReadError(f"{archive}: holds neither a NIfTI file nor DICOM files")
-    return destination
+    try:
+        if niftis and not dicom:
+            volume = load_nifti(niftis[0])
+        else:
+            volume = load_dicom_series(destination, series_instance_uid=series_instance_uid)
+    except ImageReadError as err:
+        raise ImageReadError(f"{archive}: {str(err).replace(str(destination), '<zip>')}") from err
+    volume.source = str(archive)
+    return volume
 
 
 def load_image(
@@ -501,8 +519,8 @@ def load_image(
     """Read a CT from a NIfTI file, a DICOM series (folder or one of its files) or a zip of either.
 
     Raises:
-        ImageReadError: naming the file and the problem (see :func:`load_nifti` and
-            :func:`load_dicom_series`).
+        ImageReadError: naming the file and the problem (see :func:`load_nifti`,
+            :func:`load_dicom_series` and :func:`load_zip`).
     """
     import tempfile
 
@@ -516,12 +534,7 @@ def load_image(
         return load_nifti(path)
     if name.endswith(".zip"):
         with tempfile.TemporaryDirectory(prefix="pasta-zip-") as tmp:
-            inner = unpack_zip(path, tmp, max_unzipped_bytes=max_unzipped_bytes)
-            try:
-                volume = load_image(inner, series_instance_uid=series_instance_uid)
-            except ImageReadError as err:
-                raise ImageReadError(f"{path}: {str(err).replace(tmp, '<zip>')}") from err
-        volume.source = str(path)
+            volume = load_zip(path, tmp, series_instance_uid=series_instance_uid, max_unzipped_bytes=max_unzipped_bytes)
         volume.dicom_files = None  # they lived in the temporary folder
         return volume
     if is_dicom_file(path):

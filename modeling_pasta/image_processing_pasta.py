@@ -35,6 +35,7 @@ from .image_io import (
     to_canonical,
 )
 from .organs import TOTALSEGMENTATOR_TOTAL
+from .report import voxel_spacing
 
 logger = logging.get_logger(__name__)
 
@@ -66,7 +67,7 @@ class PastaGeometry:
 
     @property
     def model_spacing_mm(self) -> tuple[float, float, float]:
-        return tuple(float(s) for s in np.sqrt((self.model_affine[:3, :3] ** 2).sum(axis=0)))
+        return tuple(float(s) for s in voxel_spacing(self.model_affine))
 
 
 class PastaImageProcessorKwargs(TypedDict, total=False):

@@ -19,6 +19,7 @@ import numpy as np
 from datasets_pasta.phantom import make_phantom
 from datasets_pasta.sample import generate_sample
 from modeling_pasta.image_io import save_nifti
+from modeling_pasta.report import voxel_spacing
 
 logger = logging.getLogger("space.make_example")
 
@@ -45,7 +46,7 @@ def make_example(out: Path, *, seed: int = 100, lesion_type: str = "liver_cancer
         raise RuntimeError(f"no visible {lesion_type} in {max_tries} lesion seeds from {seed}")
     mask = sample.lesion_mask > 0
     centre = np.argwhere(mask).mean(axis=0)
-    spacing = np.sqrt((sample.affine[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_spacing(sample.affine)
     half = np.round(np.asarray(CROP_HALF_MM) / spacing).astype(int)
     lo = np.maximum(np.round(centre).astype(int) - half, 0)
     hi = np.minimum(lo + 2 * half, mask.shape)
