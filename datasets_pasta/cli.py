@@ -189,6 +189,38 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         help="first anatomy seed of the phantom bases; another value gives other phantom patients, "
         "e.g. for a held-out test split (default: 0)",
     )
+    learned = parser.add_argument_group("learned synthesis (FreeTumor-style)")
+    learned.add_argument(
+        "--refiner",
+        default=None,
+        metavar="DIR",
+        help="refine every drawn lesion with this trained refiner (training/train_refiner.py output)",
+    )
+    learned.add_argument(
+        "--quality-control",
+        action="store_true",
+        help="keep a lesion only when a segmenter finds most of its voxels; rejected lesions are drawn again",
+    )
+    learned.add_argument(
+        "--qc-model",
+        default=None,
+        metavar="DIR",
+        help="QC segmenter: a segmentation checkpoint or pipeline folder (default: the shipped pasta-small)",
+    )
+    learned.add_argument(
+        "--qc-threshold",
+        type=float,
+        default=0.7,
+        metavar="F",
+        help="least share of a lesion's voxels the QC segmenter must label as lesion (default: 0.7)",
+    )
+    learned.add_argument(
+        "--qc-max-attempts",
+        type=int,
+        default=8,
+        metavar="N",
+        help="lesions drawn per requested lesion before the scan is redrawn with another seed (default: 8)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -214,8 +246,22 @@ def _run_generate(args: argparse.Namespace) -> int:
         phases=args.phases,
         phantom_field_of_view_mm=args.phantom_fov_mm,
         phantom_seed=args.phantom_seed,
+        refiner=args.refiner,
+        quality_control=args.quality_control,
+        qc_model=args.qc_model,
+        qc_threshold=args.qc_threshold,
+        qc_max_attempts=args.qc_max_attempts,
     )
     summary = generate_corpus(config, progress=not args.no_progress)
+    if "quality_control" in summary:
+        qc = summary["quality_control"]
+        logger.info(
+            "quality control: %d lesion(s) kept after %d attempt(s), %d rejected (pass rate %s)",
+            qc["lesions"],
+            qc["attempts"],
+            qc["rejected"],
+            "n/a" if qc["pass_rate"] is None else f"{qc['pass_rate']:.0%}",
+        )
     logger.info(
         "%s: wrote %d file(s) with %d scan(s) in %.1f s; %d file(s) already present; splits %s",
         summary["out_dir"],

@@ -47,6 +47,7 @@ from modeling_pasta.report import LESION_TYPES, PHASES, StructuredReport
 
 from .bases import BaseError, HealthyBase, augment_anatomy, load_base_dir, resample_base
 from .sample import CorpusSample, generate_sample
+from .synthesis import LesionQualityControl, LesionRefiner, LesionSynthesis, QualityControlSummary
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,12 @@ class GenerationConfig:
         phantom_field_of_view_mm: field of view of the phantom bases (None = the phantom's default).
         phantom_seed: first anatomy seed of the phantom bases; another value gives other phantom
             patients (e.g. a test split whose bases no training scan used).
+        refiner: folder of a trained lesion refiner (``training/train_refiner.py``); each drawn
+            lesion is refined by it (:mod:`datasets_pasta.synthesis`).
+        quality_control: keep a lesion only when a segmenter labels at least ``qc_threshold``
+            of its voxels as lesion; rejected lesions are drawn again (``qc_max_attempts``).
+        qc_model: the QC segmenter (a segmentation checkpoint or pipeline folder); None = the
+            shipped ``checkpoints/pasta-small``.
     """
 
     out_dir: Path
@@ -147,6 +154,11 @@ class GenerationConfig:
     phases: list[str] = field(default_factory=lambda: list(PHASES))
     phantom_field_of_view_mm: tuple[float, float, float] | None = None
     phantom_seed: int = 0
+    refiner: str | None = None
+    quality_control: bool = False
+    qc_model: str | None = None
+    qc_threshold: float = 0.7
+    qc_max_attempts: int = 8
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -198,6 +210,16 @@ class GenerationConfig:
             raise CorpusError(f"phantom_seed must be a non-negative integer, got {self.phantom_seed}")
         if self.workers < 1:
             raise CorpusError(f"workers must be at least 1, got {self.workers}")
+        if self.refiner is not None and not (Path(self.refiner) / "config.json").is_file():
+            raise CorpusError(f"--refiner {self.refiner}: no refiner checkpoint there (config.json missing)")
+        if self.quality_control and self.qc_model is not None and not any(
+            (Path(self.qc_model) / sub / "config.json").is_file() for sub in ("", "segmentation")
+        ):
+            raise CorpusError(f"--qc-model {self.qc_model}: no segmentation checkpoint there (config.json missing)")
+        if self.quality_control and not 0 < self.qc_threshold <= 1:
+            raise CorpusError(f"qc_threshold is a share of the lesion's voxels in (0, 1], got {self.qc_threshold}")
+        if self.quality_control and self.qc_max_attempts < 1:
+            raise CorpusError(f"qc_max_attempts must be at least 1, got {self.qc_max_attempts}")
         bad_phases = [p for p in self.phases if p not in PHASES]
         if bad_phases or not self.phases:
             raise CorpusError(f"phases must be a non-empty subset of {list(PHASES)}, got {self.phases}")
@@ -210,6 +232,15 @@ class GenerationConfig:
         fov = self.phantom_field_of_view_mm
         # phantom_seed is recorded only when set, so corpora written before it existed stay resumable
         extra = {"phantom_seed": int(self.phantom_seed)} if self.phantom_seed else {}
+        # the learned stage likewise, recorded by folder name, only when used
+        if self.refiner is not None:
+            extra["refiner"] = Path(self.refiner).name
+        if self.quality_control:
+            extra["quality_control"] = {
+                "model": Path(self.qc_model).name if self.qc_model else "pasta-small",
+                "threshold": float(self.qc_threshold),
+                "max_attempts": int(self.qc_max_attempts),
+            }
         return {
             "num_samples": int(self.num_samples),
             "seed": int(self.seed),
@@ -246,6 +277,14 @@ def generation_command(settings: Mapping[str, Any], out: str = "OUT") -> str:
         parts.append("--phantom-fov-mm " + ",".join(f"{v:g}" for v in settings["phantom_field_of_view_mm"]))
     if settings.get("phantom_seed"):
         parts.append(f"--phantom-seed {settings['phantom_seed']}")
+    if settings.get("refiner"):
+        parts.append(f"--refiner {settings['refiner']}")
+    if settings.get("quality_control"):
+        qc = settings["quality_control"]
+        parts.append("--quality-control")
+        if qc["model"] != "pasta-small":
+            parts.append(f"--qc-model {qc['model']}")
+        parts.append(f"--qc-threshold {qc['threshold']:g} --qc-max-attempts {qc['max_attempts']}")
     if not settings["augment"]:
         parts.append("--no-augment")
     if settings["with_pet"]:
@@ -500,13 +539,24 @@ def build_sample(config: GenerationConfig, item: PlannedSample) -> CorpusSample:
     if isinstance(source, PhantomRecipe):
         source = source.build()
     seed = item.seed
+    abandoned: list[dict] = []  # synthesis records of seeds that failed quality control
     for attempt in range(SAMPLE_ATTEMPTS):
         if attempt:
             seed = sample_seed(item.seed, attempt)
         base = augment_anatomy(source, _child_rng(seed, _AUGMENT_STREAM)) if config.augment else source
         try:
-            return generate_sample(base, item.lesion_types, seed=seed, case_id=item.case_id, with_pet=config.with_pet)
+            sample = generate_sample(
+                base,
+                item.lesion_types,
+                seed=seed,
+                case_id=item.case_id,
+                with_pet=config.with_pet,
+                synthesis=lesion_synthesis(config),
+            )
+            sample.synthesis_log[:0] = abandoned
+            return sample
         except BaseError as err:
+            abandoned.extend(getattr(err, "records", []))
             logger.warning("%s: seed %d failed (%s); redrawing", item.case_id, seed, err)
             failure = err
     raise BaseError(f"{item.case_id}: no lesion placement in {SAMPLE_ATTEMPTS} attempts: {failure}")
@@ -515,6 +565,26 @@ def build_sample(config: GenerationConfig, item: PlannedSample) -> CorpusSample:
 # --------------------------------------------------------------------------------------------
 # Rows: encoding and decoding
 # --------------------------------------------------------------------------------------------
+
+
+def lesion_synthesis(config: GenerationConfig) -> LesionSynthesis | None:
+    """The run's refiner and QC segmenter, loaded once per process (None without either)."""
+    if config.refiner is None and not config.quality_control:
+        return None
+    key = (config.refiner, config.quality_control, config.qc_model, config.qc_threshold, config.qc_max_attempts)
+    if key not in _SYNTHESIS_CACHE:
+        _SYNTHESIS_CACHE[key] = LesionSynthesis(
+            refiner=LesionRefiner.from_pretrained(config.refiner) if config.refiner else None,
+            quality_control=LesionQualityControl.from_pretrained(
+                config.qc_model, threshold=config.qc_threshold, max_attempts=config.qc_max_attempts
+            )
+            if config.quality_control
+            else None,
+        )
+    return _SYNTHESIS_CACHE[key]
+
+
+_SYNTHESIS_CACHE: dict[tuple, Any] = {}
 
 
 def nifti_bytes(volume: np.ndarray, affine: np.ndarray) -> bytes:
@@ -666,8 +736,9 @@ def load_corpus(
 # --------------------------------------------------------------------------------------------
 
 
-def _row_for(config: GenerationConfig, item: PlannedSample) -> dict[str, Any]:
-    return sample_to_row(build_sample(config, item))
+def _row_for(config: GenerationConfig, item: PlannedSample) -> tuple[dict[str, Any], list[dict]]:
+    sample = build_sample(config, item)
+    return sample_to_row(sample), sample.synthesis_log
 
 
 def _init_worker(bases: dict[tuple, tuple[HealthyBase | PhantomRecipe, ...]]) -> None:
@@ -677,8 +748,11 @@ def _init_worker(bases: dict[tuple, tuple[HealthyBase | PhantomRecipe, ...]]) ->
     _BASE_CACHE.update(bases)  # the parent's loaded bases, sent once, instead of reloading them
 
 
-def _ordered_rows(config: GenerationConfig, items: Sequence[PlannedSample], workers: int) -> Iterator[dict[str, Any]]:
-    """Rows of ``items`` in order; with workers, at most ``2 * workers`` samples in flight."""
+def _ordered_rows(
+    config: GenerationConfig, items: Sequence[PlannedSample], workers: int
+) -> Iterator[tuple[dict[str, Any], list[dict]]]:
+    """Rows of ``items`` in order, each with its synthesis log; with workers, at most
+    ``2 * workers`` samples in flight."""
     if workers == 1:
         for item in items:
             yield _row_for(config, item)
@@ -736,7 +810,9 @@ def _check_existing(data_dir: Path, shards: Sequence[ShardPlan], settings: Mappi
                 raise CorpusError(f"{path} was generated with other settings (differing: {', '.join(changed)}); {hint}")
 
 
-def _write_shard(path: Path, shard: ShardPlan, rows: Iterator[dict[str, Any]], schema, progress) -> None:
+def _write_shard(
+    path: Path, shard: ShardPlan, rows: Iterator[tuple[dict[str, Any], list[dict]]], schema, progress, qc
+) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -748,8 +824,10 @@ def _write_shard(path: Path, shard: ShardPlan, rows: Iterator[dict[str, Any]], s
                 handle, schema, compression="zstd", use_dictionary=small_columns, write_statistics=small_columns
             ) as writer:
                 for _ in shard.samples:
+                    row, synthesis_log = next(rows)
                     # One row group per scan: readers hold one volume set at a time.
-                    writer.write_table(pa.Table.from_pylist([next(rows)], schema=schema))
+                    writer.write_table(pa.Table.from_pylist([row], schema=schema))
+                    qc.add(synthesis_log)
                     progress.update(1)
             handle.flush()
             os.fsync(handle.fileno())
@@ -778,7 +856,8 @@ def generate_corpus(config: GenerationConfig, *, progress: bool = True) -> dict[
 
     Returns:
         A summary: ``out_dir``, ``files_written`` / ``files_skipped`` (names), ``samples_written``,
-        ``split_sizes`` (samples per split in the whole run) and ``seconds``.
+        ``split_sizes`` (samples per split in the whole run), ``seconds`` and, with quality
+        control, ``quality_control`` (lesions, attempts, rejected, pass rate of the written samples).
 
     Raises:
         CorpusError: invalid settings or conflicting files in ``out_dir``.
@@ -817,10 +896,11 @@ def generate_corpus(config: GenerationConfig, *, progress: bool = True) -> dict[
     items = [item for shard in todo for item in shard.samples]
     rows = _ordered_rows(config, items, min(config.workers, max(1, len(items))))
     written = []
+    qc = QualityControlSummary()
     with tqdm(total=len(items), unit="scan", desc="pasta generate", disable=not progress) as bar:
         try:
             for shard in todo:
-                _write_shard(data_dir / shard.filename, shard, rows, schema, bar)
+                _write_shard(data_dir / shard.filename, shard, rows, schema, bar, qc)
                 written.append(shard.filename)
                 logger.info("wrote %s (%d rows)", shard.filename, len(shard.samples))
         finally:
@@ -833,6 +913,7 @@ def generate_corpus(config: GenerationConfig, *, progress: bool = True) -> dict[
         "samples_written": len(items),
         "split_sizes": split_sizes(config.num_samples, config.splits),
         "seconds": round(time.perf_counter() - start, 3),
+        **({"quality_control": qc.to_dict()} if config.quality_control else {}),
     }
 
 

@@ -47,7 +47,8 @@ def choose_real_base(lesion_type: str, real_bases: Sequence[HealthyBase], min_or
     return None
 
 
-def _panel(ax, sample: CorpusSample, crop_mm: float = 110.0) -> None:
+def lesion_panel(ax, sample: CorpusSample, crop_mm: float = 110.0, title: str | None = None) -> None:
+    """Draw the axial slice through lesion 1 of ``sample`` (crop ``crop_mm`` wide, outlined, annotated)."""
     import matplotlib.patheffects as pe
 
     lesion = sample.report.lesions[0]
@@ -67,7 +68,7 @@ def _panel(ax, sample: CorpusSample, crop_mm: float = 110.0) -> None:
     ax.imshow(ct[box], cmap="gray", vmin=lo, vmax=hi, extent=extent, interpolation="bilinear")
     ax.contour(m[box].astype(float), levels=[0.5], colors=["#ff3b30"], linewidths=0.8,
                extent=(extent[0], extent[1], extent[3], extent[2]), origin="upper")
-    ax.set_title(LESION_TYPES[lesion.type].readable, fontsize=9, fontweight="bold")
+    ax.set_title(title or LESION_TYPES[lesion.type].readable, fontsize=9, fontweight="bold")
     size = " x ".join(f"{d:.0f}" for d in lesion.size_mm)
     text = (f"{size} mm, {lesion.mean_hu:.0f} HU\n{lesion.density}, {lesion.texture}\n{lesion.location}"
             f"\n[{sample.base_id}, {sample.phase}]")
@@ -106,7 +107,7 @@ def render_gallery(
             base = phantom
         sample = generate_sample(base, [lesion_type], seed=seed * 1000 + i, case_id=f"gallery-{lesion_type}")
         logger.info("%s: %s", lesion_type, sample.report.lesions[0].location)
-        _panel(ax, sample)
+        lesion_panel(ax, sample)
         ax.title.set_color("white")
     for ax in np.ravel(axes)[len(types):]:
         ax.set_axis_off()

@@ -1168,6 +1168,28 @@ def _signed_distance_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return np.where(mask, inside, -outside).astype(np.float32)
 
 
+def blend_weight(
+    lesion: np.ndarray, spacing_mm, edge_mm: float, *, signed_mm: np.ndarray | None = None
+) -> np.ndarray:
+    """The weight a lesion is blended into the CT with: 1 in the core, a ramp across the boundary.
+
+    The ramp is ``edge_mm`` wide (at least 1.25 voxels is sensible), centred a quarter voxel
+    outside the surface: voxels of ``lesion`` get at least ~0.6 (1 for sharp margins), voxels
+    outside less than 0.5, so the mask is exactly where the lesion dominates and sharp lesions
+    keep their HU. The learned refiner (:mod:`datasets_pasta.synthesis`) adds its residual with
+    the same weight, so it too touches only the lesion and its edge.
+
+    Args:
+        lesion: the lesion's voxels (bool).
+        spacing_mm: voxel size (mm), 3 values.
+        edge_mm: width of the ramp (mm).
+        signed_mm: the mask's signed distance (mm, positive inside) when already computed.
+    """
+    spacing = np.asarray(spacing_mm, dtype=np.float32)
+    signed = _signed_distance_mm(lesion, spacing) if signed_mm is None else signed_mm
+    return np.clip(0.5 + (signed + 0.25 * float(spacing.min())) / edge_mm, 0.0, 1.0).astype(np.float32)
+
+
 def _intensity(spec: LesionSpec, lesion: np.ndarray, rho_n: np.ndarray, depth_lesion_mm: np.ndarray,
                base: HealthyBase, spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The lesion's HU field over the crop.
@@ -1322,10 +1344,7 @@ def insert_lesion(
     tight = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     lesion_t = lesion[tight]
     signed = _signed_distance_mm(lesion_t, spacing)
-    # The blending weight ramps over edge_mm (at least 1.25 voxels) across the surface, shifted a
-    # quarter voxel outwards: voxels of the mask get >= ~0.6 (1 for sharp margins), those outside
-    # < 0.5, so the mask is exactly where the lesion dominates and sharp lesions keep their HU.
-    weight = np.clip(0.5 + (signed + 0.25 * float(spacing.min())) / edge_mm, 0.0, 1.0)
+    weight = blend_weight(lesion_t, spacing, edge_mm, signed_mm=signed)
     weight[occ[tight]] = 0.0
     lesion_hu = _intensity(spec, lesion_t, rho_n[tight], np.maximum(signed, 0.0), base, spacing, rng)
     full_box = tuple(slice(b.start + t.start, b.start + t.stop) for b, t in zip(box, tight))
@@ -1385,6 +1404,7 @@ __all__ = [
     "TYPE_SIZE_WEIGHTS",
     "LesionSpec",
     "SynthesizedLesion",
+    "blend_weight",
     "insert_lesion",
     "sample_lesion_spec",
     "synthesize_lesion",

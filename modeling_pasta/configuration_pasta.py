@@ -158,6 +158,9 @@ class PastaConfig(PreTrainedConfig):
         mim_block_size (`list[int]`): masked image modelling block size in voxels.
         mim_mask_ratio (`float`): fraction of blocks masked, per sample and per channel.
         mim_visible_loss_weight (`float`): weight of the visible-voxel MSE in the reconstruction loss.
+        synthesis_residual_bound_hu (`float`): largest change (HU) the lesion refiner
+            (:class:`PastaForLesionSynthesis`) may make to a voxel; its residual is
+            ``bound * tanh(.)`` times the lesion's blending weight.
         text_config (`PastaTextConfig` or `dict`): the report text decoder.
         initializer_range (`float`): std of the normal initialisation of linear layers.
     """
@@ -188,6 +191,7 @@ class PastaConfig(PreTrainedConfig):
     mim_block_size: list[int] | tuple[int, ...] = (16, 16, 16)
     mim_mask_ratio: float = 0.5
     mim_visible_loss_weight: float | int = 0.2
+    synthesis_residual_bound_hu: float | int = 150.0
     text_config: dict | PastaTextConfig | None = None
     initializer_range: float = 0.02
     is_encoder_decoder: bool = True
@@ -249,6 +253,8 @@ class PastaConfig(PreTrainedConfig):
             raise ValueError("hu_breakpoints must be increasing and as many as hu_targets")
         if len(self.mim_block_size) != 3 or not 0.0 < self.mim_mask_ratio < 1.0:
             raise ValueError("mim_block_size needs 3 sizes and mim_mask_ratio must lie in (0, 1)")
+        if not self.synthesis_residual_bound_hu > 0:
+            raise ValueError(f"synthesis_residual_bound_hu must be positive (HU), got {self.synthesis_residual_bound_hu}")
         names = list(self.id2label.values())
         if self.id2label.get(0) != "background":
             raise ValueError(f"id2label needs 0 -> 'background', got {names}")

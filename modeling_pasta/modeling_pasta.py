@@ -11,6 +11,7 @@ head's checkpoint (``PastaForClassification.from_pretrained(segmentation_checkpo
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -121,9 +122,37 @@ class PastaMaskedImageModelingOutput(ModelOutput):
     bool_masked_pos: torch.BoolTensor | None = None
 
 
+@dataclass
+class PastaLesionSynthesisOutput(ModelOutput):
+    """Output of :class:`PastaForLesionSynthesis`.
+
+    Args:
+        residual_hu: the change made to each voxel (HU) ``(batch, 1, x, y, z)``: zero wherever the
+            blending weight is zero, at most ``config.synthesis_residual_bound_hu`` in magnitude.
+        refined_hu: ``ct_hu + residual_hu`` (HU).
+    """
+
+    residual_hu: torch.FloatTensor | None = None
+    refined_hu: torch.FloatTensor | None = None
+
+
 # --------------------------------------------------------------------------------------------
 # Functional helpers
 # --------------------------------------------------------------------------------------------
+
+
+def piecewise_linear_hu(hu: torch.Tensor, breakpoints, targets) -> torch.Tensor:
+    """Map HU through the piecewise-linear curve ``breakpoints -> targets`` (clipped outside).
+
+    The torch twin of the processor's ``"pasta_hu"`` scheme (``np.interp``), differentiable in
+    ``hu`` between the outer breakpoints, so a loss on normalised values reaches HU edits.
+    """
+    xs = [float(v) for v in breakpoints]
+    ys = [float(v) for v in targets]
+    out = torch.full_like(hu, ys[0])
+    for x0, x1, y0, y1 in zip(xs[:-1], xs[1:], ys[:-1], ys[1:]):
+        out = out + (hu.clamp(x0, x1) - x0) * ((y1 - y0) / (x1 - x0))
+    return out
 
 
 def masked_average_pool(features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -1016,6 +1045,96 @@ PastaForSegmentation.register_for_auto_class("AutoModelForImageSegmentation")
 PastaForClassification.register_for_auto_class("AutoModelForImageClassification")
 PastaForMaskedImageModeling.register_for_auto_class("AutoModelForMaskedImageModeling")
 PastaForReportGeneration.register_for_auto_class("AutoModelForImageTextToText")
+# --------------------------------------------------------------------------------------------
+# Learned lesion synthesis (FreeTumor-style refiner)
+# --------------------------------------------------------------------------------------------
+
+#: Inputs of the refiner besides the CT: the host organ mask and the lesion's blending weight.
+SYNTHESIS_CONDITION_CHANNELS = 2
+
+
+class PastaForLesionSynthesis(PastaPreTrainedModel):
+    """A lesion refiner: a 3D U-Net that learns the texture and contrast of a synthetic lesion.
+
+    Input: a CT crop in HU holding a candidate lesion (drawn by PASTA-Gen's shape and intensity
+    models), the host organ mask, the lesion's blending weight (1 in the core, a ramp across the
+    boundary, 0 elsewhere; :func:`datasets_pasta.lesions.blend_weight`) and the lesion type.
+    The CT goes through the ``"pasta_hu"`` curve of the config, the three maps are stacked as
+    channels, and the type is a learned embedding added to the deepest encoder features.
+    Output: ``residual_hu = bound * tanh(head) * blend_weight`` — by construction zero outside
+    the blended mask and within ``config.synthesis_residual_bound_hu`` — and the refined crop.
+    The head starts at zero, so an untrained refiner returns its input.
+
+    It is trained against a segmentation discriminator (background / organ / lesion,
+    :class:`PastaForSegmentation`) in ``training/train_refiner.py``; generation uses it through
+    :class:`datasets_pasta.synthesis.LesionRefiner`.
+    """
+
+    main_input_name = "ct_hu"
+
+    def __init__(self, config: PastaConfig):
+        super().__init__(config)
+        unet_config = copy.deepcopy(config)
+        unet_config.in_channels = config.in_channels + SYNTHESIS_CONDITION_CHANNELS
+        self.encoder = PastaEncoder(unet_config)
+        self.decoder = PastaDecoder(unet_config)
+        self.lesion_type_embeddings = nn.Embedding(len(self.lesion_types), config.hidden_sizes[-1])
+        self.residual_head = nn.Conv3d(config.hidden_sizes[0], 1, kernel_size=1)
+        self.post_init()
+
+    @property
+    def lesion_types(self) -> list[str]:
+        """Type names in embedding order: the ``lesion_type`` classes (``"none"`` = no type given)."""
+        return list(self.config.classification_tasks["lesion_type"])
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is getattr(self, "residual_head", None):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+
+    def forward(
+        self,
+        ct_hu: torch.Tensor,
+        host_mask: torch.Tensor,
+        blend_weight: torch.Tensor,
+        lesion_type_ids: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PastaLesionSynthesisOutput | tuple:
+        """Refine the lesions of ``ct_hu (B, 1, x, y, z)`` (HU).
+
+        Args:
+            ct_hu: CT crops in HU with the candidate lesions already drawn.
+            host_mask: 1 on the host organ, 0 elsewhere (same shape).
+            blend_weight: the lesions' blending weights in [0, 1] (same shape).
+            lesion_type_ids: indices into :attr:`lesion_types` ``(B,)``; None = ``"none"``.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if ct_hu.ndim != 5 or ct_hu.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"ct_hu must be (batch, {self.config.in_channels}, x, y, z) in HU, got {tuple(ct_hu.shape)}"
+            )
+        for name, value in (("host_mask", host_mask), ("blend_weight", blend_weight)):
+            if value.shape != ct_hu.shape:
+                raise ValueError(f"{name} must have the shape of ct_hu {tuple(ct_hu.shape)}, got {tuple(value.shape)}")
+        factor = 2 ** (self.config.num_stages - 1)
+        if any(n % factor for n in ct_hu.shape[2:]):
+            raise ValueError(f"crop size {tuple(ct_hu.shape[2:])} must be divisible by {factor}; pad the crop")
+        if lesion_type_ids is None:
+            lesion_type_ids = torch.zeros(ct_hu.shape[0], dtype=torch.long, device=ct_hu.device)
+        weight = blend_weight.to(ct_hu.dtype)
+        unit = piecewise_linear_hu(ct_hu, self.config.hu_breakpoints, self.config.hu_targets)
+        features = self.encoder(torch.cat([unit, host_mask.to(ct_hu.dtype), weight], dim=1))
+        condition = self.lesion_type_embeddings(lesion_type_ids)[:, :, None, None, None]
+        features = [*features[:-1], features[-1] + condition]
+        head = self.residual_head(self.decoder(features))
+        residual = self.config.synthesis_residual_bound_hu * torch.tanh(head) * weight
+        output = PastaLesionSynthesisOutput(residual_hu=residual, refined_hu=ct_hu + residual)
+        return output if return_dict else output.to_tuple()
+
+
 PASTA_AUTO_CLASSES: tuple[type[PastaPreTrainedModel], ...] = (
     PastaModel,
     PastaForSegmentation,
@@ -1026,6 +1145,7 @@ PASTA_AUTO_CLASSES: tuple[type[PastaPreTrainedModel], ...] = (
 
 __all__ = [
     "PastaForClassification",
+    "PastaForLesionSynthesis",
     "PastaForMaskedImageModeling",
     "PastaForReportGeneration",
     "PastaForSegmentation",
