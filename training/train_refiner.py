@@ -14,7 +14,7 @@ classes background / organ / lesion) is trained at the same time (PASTA_SPEC.md,
 
 The real side is a labeled tumor set when given (``--real-labeled``: a folder or CSV as for
 fine-tuning, with ``--real-lesion-labels`` / ``--real-organ-labels``). Without one, procedural
-lesions of the corpus (every other scan, disjoint from the candidates) stand in for real ones —
+lesions of the corpus (whole scans, alternating, disjoint from the candidates) stand in for real ones —
 the log and ``train_results.json`` say so — and the refiner then learns lesions that the
 discriminator segments confidently rather than the look of real tumors.
 
@@ -113,10 +113,16 @@ def crop_banks(args: argparse.Namespace, rank: int, world: int) -> tuple[list, l
         sample = decode_sample(row)
         crops = corpus_lesion_crops(sample, size, rng, args.jitter)
         spacing = spacing or crops[0].spacing_mm if crops else spacing
-        (procedural_real if use_corpus_as_real and i % 2 else candidates).extend(crops)
+        # without real tumors, whole scans alternate between the two sides (balanced by lesion count)
+        (procedural_real if use_corpus_as_real and len(procedural_real) < len(candidates) else candidates).extend(crops)
     if not candidates:
         raise SystemExit(f"{args.corpus}:{args.split}: no lesions found; generate a corpus with lesions first")
     if use_corpus_as_real:
+        if not procedural_real:
+            raise SystemExit(
+                f"{args.corpus}:{args.split}: process {rank} read {i + 1} scan(s), too few to split into "
+                "candidate and real lesions; use a larger corpus (or --max-scans) or fewer processes"
+            )
         return candidates, procedural_real, PROCEDURAL_REAL_SIDE, spacing
     from datasets_pasta.labeled import load_labeled_cases
 

@@ -57,3 +57,26 @@ def test_a_labeled_tumor_set_is_the_real_side(script, tiny_corpus, tmp_path):
                  str(real), "--real-lesion-labels", "2", "--real-organ-labels", "1", *TINY_REFINER])
     results = json.loads((out / "train_results.json").read_text())
     assert results["real_side"] == "labeled tumors from tumors" and results["real_crops"] >= 1
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_refiner(tiny_corpus, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from training_testing import TRAINING_DIR
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
+        str(TRAINING_DIR / "train_refiner.py"), "--corpus", str(tiny_corpus), "--output-dir", str(out),
+        "--max-steps", "2", *TINY_REFINER,
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["processes"] == 2 and results["steps"] == 2
+    PastaForLesionSynthesis.from_pretrained(out)
