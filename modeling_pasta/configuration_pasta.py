@@ -161,6 +161,9 @@ class PastaConfig(PreTrainedConfig):
         synthesis_residual_bound_hu (`float`): largest change (HU) the lesion refiner
             (:class:`PastaForLesionSynthesis`) may make to a voxel; its residual is
             ``bound * tanh(.)`` times the lesion's blending weight.
+        synthesis_residual_smoothing (`int`): width (voxels) of the box filter the refiner's
+            residual goes through before the bound; 3 removes the checkerboard patterns strided
+            decoders produce under adversarial training (1 = no filter).
         text_config (`PastaTextConfig` or `dict`): the report text decoder.
         initializer_range (`float`): std of the normal initialisation of linear layers.
     """
@@ -192,6 +195,7 @@ class PastaConfig(PreTrainedConfig):
     mim_mask_ratio: float = 0.5
     mim_visible_loss_weight: float | int = 0.2
     synthesis_residual_bound_hu: float | int = 150.0
+    synthesis_residual_smoothing: int = 3
     text_config: dict | PastaTextConfig | None = None
     initializer_range: float = 0.02
     is_encoder_decoder: bool = True
@@ -255,6 +259,10 @@ class PastaConfig(PreTrainedConfig):
             raise ValueError("mim_block_size needs 3 sizes and mim_mask_ratio must lie in (0, 1)")
         if not self.synthesis_residual_bound_hu > 0:
             raise ValueError(f"synthesis_residual_bound_hu must be positive (HU), got {self.synthesis_residual_bound_hu}")
+        if self.synthesis_residual_smoothing < 1 or self.synthesis_residual_smoothing % 2 == 0:
+            raise ValueError(
+                f"synthesis_residual_smoothing must be an odd width in voxels (1 = none), got {self.synthesis_residual_smoothing}"
+            )
         names = list(self.id2label.values())
         if self.id2label.get(0) != "background":
             raise ValueError(f"id2label needs 0 -> 'background', got {names}")

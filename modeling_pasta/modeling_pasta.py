@@ -1061,8 +1061,9 @@ class PastaForLesionSynthesis(PastaPreTrainedModel):
     boundary, 0 elsewhere; :func:`datasets_pasta.lesions.blend_weight`) and the lesion type.
     The CT goes through the ``"pasta_hu"`` curve of the config, the three maps are stacked as
     channels, and the type is a learned embedding added to the deepest encoder features.
-    Output: ``residual_hu = bound * tanh(head) * blend_weight`` — by construction zero outside
-    the blended mask and within ``config.synthesis_residual_bound_hu`` — and the refined crop.
+    Output: ``residual_hu = bound * tanh(smooth(head)) * blend_weight`` — by construction zero
+    outside the blended mask and within ``config.synthesis_residual_bound_hu`` — and the refined
+    crop (``smooth`` is a fixed box filter, ``config.synthesis_residual_smoothing`` voxels wide).
     The head starts at zero, so an untrained refiner returns its input.
 
     It is trained against a segmentation discriminator (background / organ / lesion,
@@ -1130,6 +1131,9 @@ class PastaForLesionSynthesis(PastaPreTrainedModel):
         condition = self.lesion_type_embeddings(lesion_type_ids)[:, :, None, None, None]
         features = [*features[:-1], features[-1] + condition]
         head = self.residual_head(self.decoder(features))
+        width = self.config.synthesis_residual_smoothing
+        if width > 1:  # a fixed low-pass: texture is learned at the scale of a few voxels, not one
+            head = F.avg_pool3d(head, width, stride=1, padding=width // 2, count_include_pad=False)
         residual = self.config.synthesis_residual_bound_hu * torch.tanh(head) * weight
         output = PastaLesionSynthesisOutput(residual_hu=residual, refined_hu=ct_hu + residual)
         return output if return_dict else output.to_tuple()

@@ -9,8 +9,10 @@ classes background / organ / lesion) is trained at the same time (PASTA_SPEC.md,
   ``--adversarial-weight`` (default 0.1) x the same loss on the refined crops with their lesion
   voxels labelled "organ" — it learns to tell synthetic from real lesion voxels;
 - refiner: the discriminator's segmentation loss on the refined crops with the lesion labelled
-  "lesion" (it wins when its lesions are segmented as lesions), plus a small L1 penalty on the
-  residual (``--residual-l1-weight``, as a fraction of the bound).
+  "lesion" (it wins when its lesions are segmented as lesions), plus small penalties on the
+  residual as a fraction of the bound: its L1 size (``--residual-l1-weight``) and its total
+  variation (``--residual-tv-weight``), which keeps the learned texture free of the
+  checkerboard patterns a strided U-Net decoder otherwise adds under an adversarial loss.
 
 The real side is a labeled tumor set when given (``--real-labeled``: a folder or CSV as for
 fine-tuning, with ``--real-lesion-labels`` / ``--real-organ-labels``). Without one, procedural
@@ -84,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--batch-size", type=int, default=4, help="candidate and real crops per process and step")
     optim.add_argument("--learning-rate", type=float, default=2e-4)
     optim.add_argument("--adversarial-weight", type=float, default=0.1, help="discriminator term on refined lesions")
-    optim.add_argument("--residual-l1-weight", type=float, default=0.01, help="L1 on residual / bound (refiner)")
+    optim.add_argument("--residual-l1-weight", type=float, default=0.05, help="L1 of residual / bound (refiner)")
+    optim.add_argument("--residual-tv-weight", type=float, default=0.5, help="total variation of residual / bound")
     optim.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", required=True, help="refiner checkpoint, discriminator, states and logs")
@@ -153,6 +156,11 @@ def build_refiner(args: argparse.Namespace, spacing_mm: tuple[float, ...]) -> Pa
 def batch_of(crops: list, rng: np.random.Generator, size: int, types: list[str], device) -> dict[str, torch.Tensor]:
     picked = [crops[i] for i in rng.integers(len(crops), size=size)]
     return {k: v.to(device) for k, v in stack_crops(picked, types).items()}
+
+
+def total_variation(volume: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring voxels along each spatial axis of ``(B, C, x, y, z)``."""
+    return sum(volume.diff(dim=axis).abs().mean() for axis in (2, 3, 4)) / 3
 
 
 def lesion_share(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -226,7 +234,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         # Refiner: the discriminator should segment its lesions as lesions.
         if adversarial:
             fooled = discriminator(pixel_values=discriminator_inputs(refined.refined_hu, d_config), labels=cand["labels"])
-            loss_g = fooled.loss + args.residual_l1_weight * refined.residual_hu.abs().mean() / bound
+            residual = refined.residual_hu / bound
+            loss_g = (
+                fooled.loss
+                + args.residual_l1_weight * residual.abs().mean()
+                + args.residual_tv_weight * total_variation(residual)
+            )
             opt_g.zero_grad()
             accelerator.backward(loss_g)
             opt_g.step()

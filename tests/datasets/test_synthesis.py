@@ -160,3 +160,23 @@ def test_cli_names_a_missing_refiner(tmp_path, capsys):
                  "--refiner", str(tmp_path / "nothing")])
     assert code == 2
     assert "no refiner checkpoint there" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_shipped_refiner_generates_the_same_corpus_twice(tmp_path):
+    from datasets_pasta.cli import main
+    from datasets_pasta.predict import SHIPPED_MODEL
+
+    refiner = SHIPPED_MODEL.parent / "pasta-refiner"
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        code = main(["generate", "--source", "phantom", "--out", str(out), "--num-samples", "1", "--seed", "3",
+                     "--spacing", "2", "--lesion-types", "kidney_cyst", "--healthy-fraction", "0", "--phases", "venous",
+                     "--phantom-fov-mm", "240,200,160", "--refiner", str(refiner), "--no-progress"])
+        assert code == 0
+        outputs.append(decode_sample(next(iter(load_corpus(str(out), "train", decode=False)))))
+    a, b = outputs
+    np.testing.assert_array_equal(a.ct_hu, b.ct_hu)
+    assert a.report.to_dict() == b.report.to_dict()
+    assert a.report.lesions[0].mean_hu == pytest.approx(float(a.ct_hu[a.lesion_mask == 1].mean()), abs=0.051)

@@ -86,6 +86,23 @@ def test_bad_inputs_are_named():
         model(ct[0], host[0], weight[0], types)
     with pytest.raises(Exception, match="synthesis_residual_bound_hu must be positive"):
         tiny_config(synthesis_residual_bound_hu=0.0)
+    with pytest.raises(Exception, match="odd width"):
+        tiny_config(synthesis_residual_smoothing=2)
+
+
+def test_smoothing_removes_a_one_voxel_checkerboard():
+    """The fixed box filter: a head that alternates sign voxel by voxel gives an (almost) flat residual."""
+    sharp = PastaForLesionSynthesis(tiny_config(synthesis_residual_smoothing=1)).eval()
+    smooth = PastaForLesionSynthesis(tiny_config(synthesis_residual_smoothing=3)).eval()
+    grid = torch.stack(torch.meshgrid(*[torch.arange(16)] * 3, indexing="ij")).sum(0) % 2
+    checkerboard = (2.0 * grid - 1.0)[None, None]
+    ct, host, weight, types = _inputs()
+    for model in (sharp, smooth):
+        model.residual_head.forward = lambda features: checkerboard.expand(features.shape[0], 1, 16, 16, 16)
+    with torch.no_grad():
+        inside = weight == 1
+        assert sharp(ct, host, weight, types).residual_hu[inside].abs().min() > 100.0
+        assert smooth(ct, host, weight, types).residual_hu[inside].abs().max() < 0.1 * 150.0
 
 
 def test_piecewise_linear_hu_matches_numpy_interp():
