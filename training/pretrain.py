@@ -102,8 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--lr-scheduler", default="cosine", choices=("cosine", "linear", "constant_with_warmup"))
     optim.add_argument("--max-grad-norm", type=float, default=12.0)
     optim.add_argument("--seed", type=int, default=0)
+    add_run_arguments(parser, "final checkpoint, training states and logs")
+    return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, output_help: str) -> None:
+    """The ``run`` options every Accelerate training script takes (output, states, logging)."""
     run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", required=True, help="final checkpoint, training states and logs")
+    run.add_argument("--output-dir", required=True, help=output_help)
     run.add_argument("--save-steps", type=int, default=200, help="save a resumable state every N steps")
     run.add_argument("--save-total-limit", type=int, default=2, help="resumable states kept")
     run.add_argument("--logging-steps", type=int, default=10)
@@ -111,7 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-resume", action="store_true", help="ignore states in OUTPUT/checkpoints")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    return parser
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain import RESULTS_FILE, STATE_FILE, last_state, save_state  # noqa: E402  (the shared state helpers)
+from pretrain import RESULTS_FILE, STATE_FILE, add_run_arguments, last_state, save_state  # noqa: E402  (shared helpers)
 
 from datasets_pasta.corpus import decode_sample, load_corpus  # noqa: E402
 from datasets_pasta.synthesis import (  # noqa: E402
@@ -89,15 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--residual-l1-weight", type=float, default=0.05, help="L1 of residual / bound (refiner)")
     optim.add_argument("--residual-tv-weight", type=float, default=0.5, help="total variation of residual / bound")
     optim.add_argument("--seed", type=int, default=0)
-    run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", required=True, help="refiner checkpoint, discriminator, states and logs")
-    run.add_argument("--save-steps", type=int, default=200, help="save a resumable state every N steps")
-    run.add_argument("--save-total-limit", type=int, default=2, help="resumable states kept")
-    run.add_argument("--logging-steps", type=int, default=10)
-    run.add_argument("--report-to", default="tensorboard", choices=("tensorboard", "none"), help="loss tracker")
-    run.add_argument("--no-resume", action="store_true", help="ignore states in OUTPUT/checkpoints")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_run_arguments(parser, "refiner checkpoint, discriminator, states and logs")
     return parser
 
 
