@@ -58,6 +58,7 @@ from datasets_pasta.synthesis import (
     labeled_lesion_crops,
     stack_crops,
 )
+from modeling_pasta.metrics import accuracy, dice_score
 from modeling_pasta.modeling_pasta import PastaForSegmentation
 from modeling_pasta.report import LESION_TYPES
 
@@ -174,7 +175,7 @@ def realism_accuracy(real, synthetic, config, steps: int, repeats: int, seed: in
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            accuracies.append(float((model.eval()(x_test).argmax(1) == y_test).float().mean()))
+            accuracies.append(accuracy(model.eval()(x_test).argmax(1).numpy(), y_test.numpy()))
     return round(float(np.mean(accuracies)), 3)
 
 
@@ -198,8 +199,7 @@ def lesion_dice(model, crops, config) -> float:
     with torch.no_grad():
         predicted = model(pixel_values=discriminator_inputs(batch["ct_hu"], config)).logits.argmax(1) == 2
     truth = batch["labels"] == 2
-    dice = 2 * (predicted & truth).sum((1, 2, 3)).float() / (predicted.sum((1, 2, 3)) + truth.sum((1, 2, 3))).clamp_min(1)
-    return round(float(dice.mean()), 3)
+    return round(float(np.mean([dice_score(p.numpy(), t.numpy()) for p, t in zip(predicted, truth)])), 3)
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,6 +43,12 @@ class BaseError(ValueError):
     """A healthy base that cannot be used (shape/affine mismatch, missing organ, ...)."""
 
 
+def organ_label_ids(organ: str, label_names: Mapping[int, str]) -> list[int]:
+    """Label ids of an organ group (``"kidney"``) or a single label name in ``label_names``."""
+    by_name = name_to_id(label_names)
+    return [by_name[m] for m in ORGAN_GROUPS.get(organ, (organ,)) if m in by_name]
+
+
 @dataclass
 class HealthyBase:
     """A healthy CT with its organ map, in RAS+ voxel order.
@@ -86,9 +92,7 @@ class HealthyBase:
 
     def label_ids(self, organ: str) -> list[int]:
         """Label ids of an organ group (``"kidney"``) or a single label name (``"kidney_left"``)."""
-        members = ORGAN_GROUPS.get(organ, (organ,))
-        by_name = name_to_id(self.label_names)
-        return [by_name[m] for m in members if m in by_name]
+        return organ_label_ids(organ, self.label_names)
 
     def organ_mask(self, organ: str) -> np.ndarray:
         """Boolean mask of an organ group or label name."""

@@ -210,12 +210,13 @@ class GenerationConfig:
             raise CorpusError(f"phantom_seed must be a non-negative integer, got {self.phantom_seed}")
         if self.workers < 1:
             raise CorpusError(f"workers must be at least 1, got {self.workers}")
-        if self.refiner is not None and not (Path(self.refiner) / "config.json").is_file():
-            raise CorpusError(f"--refiner {self.refiner}: no refiner checkpoint there (config.json missing)")
-        if self.quality_control and self.qc_model is not None and not any(
-            (Path(self.qc_model) / sub / "config.json").is_file() for sub in ("", "segmentation")
-        ):
-            raise CorpusError(f"--qc-model {self.qc_model}: no segmentation checkpoint there (config.json missing)")
+        try:
+            if self.refiner is not None:
+                LesionRefiner.checkpoint_path(self.refiner)
+            if self.quality_control:
+                LesionQualityControl.checkpoint_path(self.qc_model)
+        except FileNotFoundError as err:
+            raise CorpusError(str(err)) from None
         if self.quality_control and not 0 < self.qc_threshold <= 1:
             raise CorpusError(f"qc_threshold is a share of the lesion's voxels in (0, 1], got {self.qc_threshold}")
         if self.quality_control and self.qc_max_attempts < 1:
@@ -584,7 +585,7 @@ def lesion_synthesis(config: GenerationConfig) -> LesionSynthesis | None:
     return _SYNTHESIS_CACHE[key]
 
 
-_SYNTHESIS_CACHE: dict[tuple, Any] = {}
+_SYNTHESIS_CACHE: dict[tuple, LesionSynthesis] = {}
 
 
 def nifti_bytes(volume: np.ndarray, affine: np.ndarray) -> bytes:

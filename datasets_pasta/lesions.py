@@ -1100,7 +1100,7 @@ def _reach_mm(spec: LesionSpec) -> float:
     else:
         reach = r * _max_surface(p) / (1.0 - 2.0 * float(p.get("irregularity", 0.0)))
         reach += float(p.get("spicule_length_mm", 0.0)) if float(p.get("spicules", 0.0)) else 0.0
-    return reach + float(p.get("edge_mm", 2.0))
+    return reach + float(p.get("edge_mm", DEFAULT_EDGE_MM))
 
 
 def _crop_box(center: np.ndarray, reach_mm: float, spacing: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -1168,12 +1168,21 @@ def _signed_distance_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return np.where(mask, inside, -outside).astype(np.float32)
 
 
+#: Blending ramp (mm) of a lesion whose model sets none (also corpus or labeled lesions).
+DEFAULT_EDGE_MM = 2.0
+
+
+def edge_width_mm(spacing_mm, edge_mm: float = DEFAULT_EDGE_MM) -> float:
+    """The blending ramp actually used: ``edge_mm``, but at least 1.25 voxels."""
+    return max(float(edge_mm), 1.25 * float(np.min(spacing_mm)))
+
+
 def blend_weight(
     lesion: np.ndarray, spacing_mm, edge_mm: float, *, signed_mm: np.ndarray | None = None
 ) -> np.ndarray:
     """The weight a lesion is blended into the CT with: 1 in the core, a ramp across the boundary.
 
-    The ramp is ``edge_mm`` wide (at least 1.25 voxels is sensible), centred a quarter voxel
+    The ramp is ``edge_mm`` wide (see :func:`edge_width_mm`), centred a quarter voxel
     outside the surface: voxels of ``lesion`` get at least ~0.6 (1 for sharp margins), voxels
     outside less than 0.5, so the mask is exactly where the lesion dominates and sharp lesions
     keep their HU. The learned refiner (:mod:`datasets_pasta.synthesis`) adds its residual with
@@ -1336,7 +1345,7 @@ def insert_lesion(
         )
 
     # Blend in a tight box: the lesion plus its edge ramp.
-    edge_mm = max(float(p.get("edge_mm", 2.0)), 1.25 * float(spacing.min()))
+    edge_mm = edge_width_mm(spacing, float(p.get("edge_mm", DEFAULT_EDGE_MM)))
     pad = np.ceil(edge_mm / spacing).astype(int) + 1
     voxels = np.argwhere(lesion)
     lo = np.maximum(voxels.min(axis=0) - pad, 0)
@@ -1404,7 +1413,9 @@ __all__ = [
     "TYPE_SIZE_WEIGHTS",
     "LesionSpec",
     "SynthesizedLesion",
+    "DEFAULT_EDGE_MM",
     "blend_weight",
+    "edge_width_mm",
     "insert_lesion",
     "sample_lesion_spec",
     "synthesize_lesion",

@@ -32,7 +32,7 @@ from modeling_pasta.report import (
 )
 
 from .bases import HealthyBase
-from .lesions import SynthesizedLesion, synthesize_lesion
+from .lesions import DEFAULT_EDGE_MM, SynthesizedLesion, synthesize_lesion
 from .report_text import render_report_text
 from .synthesis import LesionSynthesis, QualityControlError, host_organ_mask
 
@@ -201,7 +201,7 @@ def _learned_lesion(
         lesion = synthesize_lesion(ct, base, lesion_type, rng, size_class=size_class, occupied=occupied)
         if synthesis.refiner is not None:
             host = host_organ_mask(base.organ_map, lesion_type, base.label_names) | lesion.mask
-            edge = float(lesion.spec.params.get("edge_mm", 2.0))
+            edge = float(lesion.spec.params.get("edge_mm", DEFAULT_EDGE_MM))
             synthesis.refiner.refine(ct, lesion.mask, host, lesion_type, base.spacing_mm, edge_mm=edge, protected=occupied)
         if qc is None:
             return lesion, record

@@ -28,23 +28,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from modeling_pasta.organs import ORGAN_GROUPS, TOTALSEGMENTATOR_TOTAL, name_to_id
+from modeling_pasta.organs import TOTALSEGMENTATOR_TOTAL
 from modeling_pasta.report import LESION_TYPES, voxel_spacing
 
-from .bases import BaseError
+from .bases import BaseError, organ_label_ids
+from .lesions import DEFAULT_EDGE_MM, blend_weight, edge_width_mm
 
 logger = logging.getLogger(__name__)
 
 #: Classes of the segmentation discriminator.
 SYNTHESIS_CLASSES = {0: "background", 1: "organ", 2: "lesion"}
 ORGAN_CLASS, LESION_CLASS = 1, 2
-#: Blending ramp (mm) for lesions whose own edge width is unknown (corpus or labeled lesions).
-DEFAULT_EDGE_MM = 2.0
 #: Default share of a lesion's voxels the QC segmenter must label as lesion.
 DEFAULT_QC_THRESHOLD = 0.7
 #: Default attempts per lesion before quality control gives up on a sample.
@@ -69,16 +69,8 @@ class QualityControlError(BaseError):
 
 def host_organ_mask(organ_map: np.ndarray, lesion_type: str, label_names: dict[int, str] | None = None) -> np.ndarray:
     """Voxels of the organ (group) that hosts ``lesion_type`` (e.g. both kidneys for a kidney cyst)."""
-    organ = LESION_TYPES[lesion_type].organ
-    ids = name_to_id(label_names or TOTALSEGMENTATOR_TOTAL)
-    members = ORGAN_GROUPS.get(organ, (organ,))
-    wanted = [ids[name] for name in members if name in ids]
-    return np.isin(organ_map, wanted)
-
-
-def edge_width_mm(spacing_mm: Sequence[float], edge_mm: float = DEFAULT_EDGE_MM) -> float:
-    """The blending ramp PASTA-Gen would use: ``edge_mm``, but at least 1.25 voxels."""
-    return max(float(edge_mm), 1.25 * float(min(spacing_mm)))
+    ids = organ_label_ids(LESION_TYPES[lesion_type].organ, label_names or TOTALSEGMENTATOR_TOTAL)
+    return np.isin(organ_map, ids)
 
 
 def lesion_window(
@@ -104,7 +96,7 @@ def lesion_window(
             pad.append((0, 0))
         else:
             box.append(slice(0, n))
-            extra = -(-n // divisor) * divisor - n if want > n else 0
+            extra = -(-n // divisor) * divisor - n
             pad.append((extra // 2, extra - extra // 2))
     return tuple(box), pad
 
@@ -129,17 +121,16 @@ class LesionCrop:
     spacing_mm: tuple[float, float, float]
     source: str
 
-    @property
+    @cached_property
     def labels(self) -> np.ndarray:
-        """Discriminator targets: 0 background, 1 host organ, 2 lesion (uint8)."""
+        """Discriminator targets: 0 background, 1 host organ, 2 lesion (uint8); computed once."""
         labels = np.where(self.host_mask, ORGAN_CLASS, 0).astype(np.uint8)
         labels[self.lesion_mask] = LESION_CLASS
         return labels
 
+    @cached_property
     def blend_weight(self) -> np.ndarray:
-        """The lesion's blending weight (the refiner's residual is confined to it)."""
-        from .lesions import blend_weight
-
+        """The lesion's blending weight (the refiner's residual is confined to it); computed once."""
         return blend_weight(self.lesion_mask, self.spacing_mm, edge_width_mm(self.spacing_mm))
 
 
@@ -239,7 +230,7 @@ def stack_crops(crops: Sequence[LesionCrop], lesion_types: Sequence[str]) -> dic
     return {
         "ct_hu": torch.from_numpy(np.stack([c.ct_hu for c in crops])[:, None]),
         "host_mask": torch.from_numpy(np.stack([c.host_mask for c in crops])[:, None].astype(np.float32)),
-        "blend_weight": torch.from_numpy(np.stack([c.blend_weight() for c in crops])[:, None]),
+        "blend_weight": torch.from_numpy(np.stack([c.blend_weight for c in crops])[:, None]),
         "labels": torch.from_numpy(np.stack([c.labels for c in crops]).astype(np.int64)),
         "lesion_type_ids": torch.tensor([index.get(c.lesion_type, 0) for c in crops], dtype=torch.long),
     }
@@ -304,10 +295,17 @@ class LesionRefiner:
         """Load a refiner folder written by ``training/train_refiner.py`` (safetensors)."""
         from modeling_pasta.modeling_pasta import PastaForLesionSynthesis
 
+        return cls(PastaForLesionSynthesis.from_pretrained(cls.checkpoint_path(path)), device)
+
+    @staticmethod
+    def checkpoint_path(path: str | Path) -> Path:
+        """``path`` when it holds a refiner checkpoint, else FileNotFoundError saying so."""
         path = Path(path)
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: not a refiner checkpoint (no config.json); train one with training/train_refiner.py")
-        return cls(PastaForLesionSynthesis.from_pretrained(path), device)
+            raise FileNotFoundError(
+                f"{path}: no refiner checkpoint there (config.json missing); train one with training/train_refiner.py"
+            )
+        return path
 
     def refine(
         self,
@@ -327,8 +325,6 @@ class LesionRefiner:
         the full grid (zero outside the weight).
         """
         import torch
-
-        from .lesions import blend_weight
 
         spacing = tuple(float(s) for s in spacing_mm)
         trained = tuple(float(s) for s in self.model.config.target_spacing_mm)
@@ -385,6 +381,17 @@ class LesionQualityControl:
         from modeling_pasta.image_processing_pasta import PastaImageProcessor
         from modeling_pasta.modeling_pasta import PastaForSegmentation
 
+        path = cls.checkpoint_path(path)
+        model = PastaForSegmentation.from_pretrained(path)
+        if model.config.lesion_label is None:
+            raise ValueError(f"{path}: this segmenter has no lesion class; quality control needs one")
+        processor = PastaImageProcessor.from_model_config(model.config)
+        return cls(model, processor, **kwargs)
+
+    @staticmethod
+    def checkpoint_path(path: str | Path | None) -> Path:
+        """The segmentation checkpoint folder for ``path`` (a pipeline folder's ``segmentation/``;
+        None = the shipped model), else FileNotFoundError saying so."""
         if path is None:
             from .predict import SHIPPED_MODEL
 
@@ -393,12 +400,8 @@ class LesionQualityControl:
         if (path / "segmentation" / "config.json").is_file():
             path = path / "segmentation"
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: not a segmentation checkpoint (no config.json) for quality control")
-        model = PastaForSegmentation.from_pretrained(path)
-        if model.config.lesion_label is None:
-            raise ValueError(f"{path}: this segmenter has no lesion class; quality control needs one")
-        processor = PastaImageProcessor.from_model_config(model.config)
-        return cls(model, processor, **kwargs)
+            raise FileNotFoundError(f"{path}: no segmentation checkpoint there (config.json missing) for quality control")
+        return path
 
     def detected_fraction(self, ct_hu: np.ndarray, affine: np.ndarray, lesion_mask: np.ndarray) -> float:
         """Share of ``lesion_mask``'s voxels the segmenter labels as lesion, on its own grid.
